@@ -1,0 +1,343 @@
+"""Spiking neurons and surrogate gradients.
+
+Every neuron here is *multi-step and stateless*: it takes a whole sequence ``x[T, ...]`` (time
+first) and returns the spikes ``s[T, ...]`` in ``x``'s dtype. The membrane potential lives only
+inside the call, so there is no ``reset_net`` to forget between batches.
+
+The LIF family follows SpikingJelly's equations exactly (the ones every official model uses)::
+
+    charge  H[t] = V[t-1] + (X[t] - (V[t-1] - v_reset)) / tau      (decay_input=True)
+            H[t] = V[t-1] - (V[t-1] - v_reset) / tau + X[t]         (decay_input=False)
+    fire    S[t] = Heaviside(H[t] - v_threshold)                   (fires when H >= v_threshold)
+    reset   V[t] = H[t] * (1 - S[t]) + v_reset * S[t]              (hard reset, v_reset is a float)
+            V[t] = H[t] - S[t] * v_threshold                       (soft reset, v_reset=None)
+
+with ``V[-1] = v_reset`` (0 for a soft reset). ``detach_reset`` stops the gradient through the
+``S[t]`` used in the reset. In the backward pass the Heaviside is replaced by the derivative of a
+*surrogate* (``Sigmoid``, ``ATan``, ``StraightThrough``, ``Triangle``), evaluated at
+``H - v_threshold``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = [
+    "Surrogate", "Sigmoid", "ATan", "StraightThrough", "Triangle", "spike",
+    "LIF", "IF", "PLIF", "Ternary", "ReLUNeuron", "surrogate_from_config",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Surrogate gradients
+# ----------------------------------------------------------------------------------------------
+class Surrogate:
+    """A surrogate gradient: forward is the exact Heaviside ``x >= 0``, backward uses
+    :meth:`derivative`. :meth:`primitive` is a smooth function whose derivative is
+    :meth:`derivative` (used by tests and by ``smooth=True`` to make a neuron differentiable)."""
+
+    name = "surrogate"
+
+    def derivative(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def primitive(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return _Heaviside.apply(x, self)
+
+    def config(self) -> dict:
+        return {"name": self.name, **{k: v for k, v in vars(self).items()}}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, tuple(sorted(vars(self).items()))))
+
+
+class Sigmoid(Surrogate):
+    """g(x) = alpha * sig(alpha x) * (1 - sig(alpha x)); primitive sig(alpha x). SpikingJelly's
+    default, alpha = 4 in Spikformer, SDT and QKFormer."""
+
+    name = "sigmoid"
+
+    def __init__(self, alpha: float = 4.0):
+        self.alpha = float(alpha)
+
+    def derivative(self, x):
+        s = torch.sigmoid(self.alpha * x)
+        return self.alpha * s * (1.0 - s)
+
+    def primitive(self, x):
+        return torch.sigmoid(self.alpha * x)
+
+
+class ATan(Surrogate):
+    """g(x) = (alpha/2) / (1 + (pi alpha x / 2)^2); primitive atan(pi alpha x / 2)/pi + 1/2.
+    SpikingJelly's ATan, alpha = 2 in SpikingResformer."""
+
+    name = "atan"
+
+    def __init__(self, alpha: float = 2.0):
+        self.alpha = float(alpha)
+
+    def derivative(self, x):
+        return (self.alpha / 2.0) / (1.0 + (math.pi / 2.0 * self.alpha * x) ** 2)
+
+    def primitive(self, x):
+        return torch.atan(math.pi / 2.0 * self.alpha * x) / math.pi + 0.5
+
+
+class StraightThrough(Surrogate):
+    """Straight-through clamp: g(x) = 1 for |x| <= width, else 0; primitive
+    clamp(x, -width, width) + 1/2 shifted. With width 0.5 on a ternary neuron of threshold 0.5 this
+    is the Ternary-Spike code's ``clamp(u, -1, 1)`` backward (gradient 1 for |u| <= 1)."""
+
+    name = "straight_through"
+
+    def __init__(self, width: float = 0.5):
+        self.width = float(width)
+
+    def derivative(self, x):
+        return (x.abs() <= self.width).to(x.dtype)
+
+    def primitive(self, x):
+        return torch.clamp(x, -self.width, self.width)
+
+
+class Triangle(Surrogate):
+    """g(x) = max(0, 1 - |x| / width) / width (a triangle of area 1); primitive its integral."""
+
+    name = "triangle"
+
+    def __init__(self, width: float = 1.0):
+        self.width = float(width)
+
+    def derivative(self, x):
+        return torch.clamp(1.0 - x.abs() / self.width, min=0.0) / self.width
+
+    def primitive(self, x):
+        y = torch.clamp(x / self.width, -1.0, 1.0)
+        return y - y * y.abs() / 2.0
+
+
+_SURROGATES = {cls.name: cls for cls in (Sigmoid, ATan, StraightThrough, Triangle)}
+
+
+def surrogate_from_config(cfg) -> Surrogate:
+    """Build a surrogate from ``"sigmoid"``, ``{"name": "atan", "alpha": 2}`` or an instance."""
+    if isinstance(cfg, Surrogate):
+        return cfg
+    if isinstance(cfg, str):
+        cfg = {"name": cfg}
+    cfg = dict(cfg)
+    name = cfg.pop("name", None)
+    if name not in _SURROGATES:
+        raise ValueError(f"unknown surrogate {name!r}; expected one of {sorted(_SURROGATES)}")
+    return _SURROGATES[name](**cfg)
+
+
+class _Heaviside(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, surrogate):
+        ctx.save_for_backward(x)
+        ctx.surrogate = surrogate
+        return (x >= 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * ctx.surrogate.derivative(x), None
+
+
+def spike(x: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:
+    """Heaviside(x) (1 where x >= 0) with ``surrogate``'s gradient."""
+    return _Heaviside.apply(x, surrogate)
+
+
+# ----------------------------------------------------------------------------------------------
+# Neurons
+# ----------------------------------------------------------------------------------------------
+def _check_sequence(x: torch.Tensor, who: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{who} expects a tensor x[T, ...], got {type(x).__name__}")
+    if x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError(f"{who} expects x[T, ...] with T >= 1 time steps first, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{who} expects a floating-point input, got {x.dtype}")
+
+
+class _BaseLIF(nn.Module):
+    """Shared charge / fire / reset loop of the LIF family (see the module docstring)."""
+
+    def __init__(self, v_threshold: float = 1.0, v_reset: float | None = 0.0,
+                 detach_reset: bool = True, surrogate: Surrogate | str | dict = "sigmoid",
+                 smooth: bool = False):
+        super().__init__()
+        self.v_threshold = float(v_threshold)
+        self.v_reset = None if v_reset is None else float(v_reset)
+        self.detach_reset = bool(detach_reset)
+        self.surrogate = surrogate_from_config(surrogate)
+        # smooth=True replaces the Heaviside by the surrogate's primitive in the forward pass: the
+        # neuron becomes an ordinary differentiable function (for gradient checks), never for use.
+        self.smooth = bool(smooth)
+
+    def charge(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def fire(self, h: torch.Tensor) -> torch.Tensor:
+        if self.smooth:
+            return self.surrogate.primitive(h - self.v_threshold)
+        return _Heaviside.apply(h - self.v_threshold, self.surrogate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_sequence(x, type(self).__name__)
+        v0 = 0.0 if self.v_reset is None else self.v_reset
+        v = torch.full_like(x[0], v0)
+        out = []
+        for t in range(x.shape[0]):
+            h = self.charge(v, x[t])
+            s = self.fire(h)
+            s_r = s.detach() if self.detach_reset else s
+            if self.v_reset is None:
+                v = h - s_r * self.v_threshold
+            elif self.v_reset == 0.0:
+                v = h * (1.0 - s_r)
+            else:
+                v = (1.0 - s_r) * h + s_r * self.v_reset
+            out.append(s)
+        return torch.stack(out)
+
+    def extra_repr(self) -> str:
+        return (f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, "
+                f"detach_reset={self.detach_reset}, surrogate={self.surrogate}")
+
+
+class LIF(_BaseLIF):
+    """Leaky integrate-and-fire, SpikingJelly ``LIFNode`` semantics (defaults: the official
+    Spikformer / SDT / QKFormer neuron: tau 2, decay_input, threshold 1, hard reset to 0,
+    detached reset, Sigmoid(alpha=4) surrogate)."""
+
+    def __init__(self, tau: float = 2.0, decay_input: bool = True, v_threshold: float = 1.0,
+                 v_reset: float | None = 0.0, detach_reset: bool = True,
+                 surrogate: Surrogate | str | dict = "sigmoid", smooth: bool = False):
+        super().__init__(v_threshold, v_reset, detach_reset, surrogate, smooth)
+        if tau <= 1.0:
+            raise ValueError(f"LIF tau must be > 1 (a leak factor 1/tau in (0, 1)), got {tau}")
+        self.tau = float(tau)
+        self.decay_input = bool(decay_input)
+
+    def charge(self, v, x):
+        # Written in SpikingJelly's exact floating-point order (bit-identical spikes).
+        if self.decay_input:
+            if self.v_reset is None or self.v_reset == 0.0:
+                return v + (x - v) / self.tau
+            return v + (x - (v - self.v_reset)) / self.tau
+        if self.v_reset is None or self.v_reset == 0.0:
+            return v * (1.0 - 1.0 / self.tau) + x
+        return v - (v - self.v_reset) / self.tau + x
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}, decay_input={self.decay_input}, " + super().extra_repr()
+
+
+class IF(_BaseLIF):
+    """Integrate-and-fire: H[t] = V[t-1] + X[t], no leak."""
+
+    def charge(self, v, x):
+        return v + x
+
+
+class PLIF(_BaseLIF):
+    """Parametric LIF (Fang et al. 2021): a learnable ``w`` per layer, tau = 1 / sigmoid(w).
+    ``init_tau`` sets w0 = -log(init_tau - 1) (tau0 = 2 gives w0 = 0). The state-dict entry is
+    ``w`` (a scalar), as in SpikingJelly."""
+
+    def __init__(self, init_tau: float = 2.0, decay_input: bool = True, v_threshold: float = 1.0,
+                 v_reset: float | None = 0.0, detach_reset: bool = True,
+                 surrogate: Surrogate | str | dict = "sigmoid", smooth: bool = False):
+        super().__init__(v_threshold, v_reset, detach_reset, surrogate, smooth)
+        if init_tau <= 1.0:
+            raise ValueError(f"PLIF init_tau must be > 1, got {init_tau}")
+        self.decay_input = bool(decay_input)
+        self.w = nn.Parameter(torch.tensor(-math.log(init_tau - 1.0)))
+
+    @property
+    def tau(self) -> float:
+        return float(1.0 / torch.sigmoid(self.w.detach()))
+
+    def charge(self, v, x):
+        k = self.w.sigmoid()  # 1 / tau
+        if self.decay_input:
+            if self.v_reset is None or self.v_reset == 0.0:
+                return v + (x - v) * k
+            return v + (x - (v - self.v_reset)) * k
+        if self.v_reset is None or self.v_reset == 0.0:
+            return v * (1.0 - k) + x
+        return v - (v - self.v_reset) * k + x
+
+
+class Ternary(nn.Module):
+    """Ternary spiking neuron (Guo et al., Ternary Spike, AAAI 2024; used for V in A²OS²A)::
+
+        u[t] = decay * u[t-1] * (1 - |o[t-1]|) + x[t]
+        o[t] = +1 if u[t] >= v_threshold, -1 if u[t] <= -v_threshold, else 0
+
+    i.e. a hard reset to 0 after either spike. Backward: do/du = g(|u| - v_threshold) with ``g`` the
+    surrogate's derivative; the default StraightThrough(0.5) with threshold 0.5 gives gradient 1 for
+    |u| <= 1 (the author's ``clamp`` backward). Defaults follow the author's Ternary-Spike code
+    (decay 0.25, threshold 0.5); the A²OS²A paper's own constants are unconfirmed (spec §1.4).
+    """
+
+    def __init__(self, decay: float = 0.25, v_threshold: float = 0.5, detach_reset: bool = False,
+                 surrogate: Surrogate | str | dict | None = None, smooth: bool = False):
+        super().__init__()
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"Ternary decay must be in [0, 1], got {decay}")
+        if v_threshold <= 0:
+            raise ValueError(f"Ternary v_threshold must be > 0, got {v_threshold}")
+        self.decay = float(decay)
+        self.v_threshold = float(v_threshold)
+        self.detach_reset = bool(detach_reset)
+        self.surrogate = surrogate_from_config(surrogate if surrogate is not None
+                                               else StraightThrough(0.5))
+        self.smooth = bool(smooth)
+
+    def fire(self, u: torch.Tensor) -> torch.Tensor:
+        mag = u.abs() - self.v_threshold
+        if self.smooth:
+            return torch.sign(u) * self.surrogate.primitive(mag)
+        return torch.sign(u) * _Heaviside.apply(mag, self.surrogate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_sequence(x, "Ternary")
+        u = torch.zeros_like(x[0])
+        o = torch.zeros_like(x[0])
+        out = []
+        for t in range(x.shape[0]):
+            keep = 1.0 - (o.detach() if self.detach_reset else o).abs()
+            u = self.decay * u * keep + x[t]
+            o = self.fire(u)
+            out.append(o)
+        return torch.stack(out)
+
+    def extra_repr(self) -> str:
+        return (f"decay={self.decay}, v_threshold={self.v_threshold}, "
+                f"detach_reset={self.detach_reset}, surrogate={self.surrogate}")
+
+
+class ReLUNeuron(nn.Module):
+    """The ReLU "neuron" of A²OS²A's keys: K = max(0, x), no state, no threshold, full precision."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_sequence(x, "ReLUNeuron")
+        return torch.relu(x)
