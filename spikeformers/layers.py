@@ -1,0 +1,161 @@
+"""Shared building blocks: time merging, the SPS patch-splitting stem, the spiking MLP, the input
+contract of every model.
+
+Convention (see DESIGN.md): inside a model every tensor is time-first ``[T, B, ...]``. Convs,
+linears and BatchNorm run on the merged ``[T*B, ...]`` view (``flatten(0, 1)``, index t*B + b), so
+BatchNorm statistics pool over time, batch and space exactly as in the official models; neurons run
+over the leading T axis.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .neurons import LIF
+
+__all__ = ["seq", "lif", "MaxPool", "SPS", "SpikingMLP", "SpikingModel", "trunc_normal_init"]
+
+
+def seq(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Apply a per-sample module ``fn`` to ``x[T, B, ...]`` through the merged ``[T*B, ...]`` view."""
+    y = fn(x.flatten(0, 1))
+    return y.reshape(x.shape[0], x.shape[1], *y.shape[1:])
+
+
+def lif(v_threshold: float = 1.0, **kw) -> LIF:
+    """The official models' neuron: SpikingJelly MultiStepLIFNode(tau=2, detach_reset=True),
+    Sigmoid(alpha=4) surrogate, hard reset to 0."""
+    return LIF(tau=kw.pop("tau", 2.0), v_threshold=v_threshold, detach_reset=kw.pop("detach_reset", True), **kw)
+
+
+class MaxPool(nn.MaxPool2d):
+    """The max-pool of every official SPS stem: kernel 3, stride 2, padding 1 (halves even sizes)."""
+
+    def __init__(self):
+        super().__init__(kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=False)
+
+
+class SPS(nn.Module):
+    """Spiking Patch Splitting stem of the Spike-driven Transformer (``MS_SPS``), with membrane
+    output. Four conv3x3-BN stages D/8 -> D/4 -> D/2 -> D; stage i max-pools when
+    ``pooling_stat[i] == "1"``. Stages 1-3 fire (LIF) before pooling; stage 4 pools the real-valued
+    BN output. Then a conv-BN relative position encoding on its spikes is *added* to the membrane::
+
+        s1 = MP?(SN(BN(C3(x))));  s2 = MP?(SN(BN(C3(s1))));  s3 = MP?(SN(BN(C3(s2))))
+        u  = MP?(BN(C3(s3)));     U0 = u + BN(C3_rpe(SN(u)))            -> [T, B, D, H', W']
+
+    Attribute names equal the official state-dict names (``proj_conv``, ``proj_bn``, ...,
+    ``rpe_conv``, ``rpe_bn``).
+    """
+
+    def __init__(self, in_chans: int, embed_dim: int, pooling_stat: str = "1111", neuron=lif):
+        super().__init__()
+        if len(pooling_stat) != 4 or set(pooling_stat) - {"0", "1"}:
+            raise ValueError(f"pooling_stat must be 4 characters of 0/1, got {pooling_stat!r}")
+        if embed_dim % 8:
+            raise ValueError(f"embed_dim must be divisible by 8 (stem widths D/8, D/4, D/2), got {embed_dim}")
+        self.pooling_stat = pooling_stat
+        widths = [in_chans, embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim]
+        for i in range(4):
+            sfx = "" if i == 0 else str(i)
+            setattr(self, f"proj_conv{sfx}", nn.Conv2d(widths[i], widths[i + 1], 3, 1, 1, bias=False))
+            setattr(self, f"proj_bn{sfx}", nn.BatchNorm2d(widths[i + 1]))
+            if i < 3:
+                setattr(self, f"proj_lif{sfx}", neuron())
+        self.rpe_lif = neuron()
+        self.rpe_conv = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1, bias=False)
+        self.rpe_bn = nn.BatchNorm2d(embed_dim)
+        self.pool = MaxPool()
+
+    def out_size(self, img_size: int) -> int:
+        for p in self.pooling_stat:
+            img_size = (img_size - 1) // 2 + 1 if p == "1" else img_size
+        return img_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [T, B, C, H, W]
+        for i in range(3):
+            sfx = "" if i == 0 else str(i)
+            x = getattr(self, f"proj_lif{sfx}")(seq(lambda z: getattr(self, f"proj_bn{sfx}")(
+                getattr(self, f"proj_conv{sfx}")(z)), x))
+            if self.pooling_stat[i] == "1":
+                x = seq(self.pool, x)
+        u = seq(lambda z: self.proj_bn3(self.proj_conv3(z)), x)
+        if self.pooling_stat[3] == "1":
+            u = seq(self.pool, u)
+        return u + seq(lambda z: self.rpe_bn(self.rpe_conv(z)), self.rpe_lif(u))
+
+
+class SpikingMLP(nn.Module):
+    """Spiking MLP of the Spike-driven Transformer (``MS_MLP_Conv``) on a membrane ``U[T,B,D,H,W]``:
+    ``BN(C1_fc2(SN(BN(C1_fc1(SN(U))))))`` with D -> hidden -> D, 1x1 convs with bias. Returns the
+    increment; the caller adds it to the membrane stream."""
+
+    def __init__(self, dim: int, hidden: int, neuron=lif):
+        super().__init__()
+        self.fc1_lif = neuron()
+        self.fc1_conv = nn.Conv2d(dim, hidden, 1)
+        self.fc1_bn = nn.BatchNorm2d(hidden)
+        self.fc2_lif = neuron()
+        self.fc2_conv = nn.Conv2d(hidden, dim, 1)
+        self.fc2_bn = nn.BatchNorm2d(dim)
+        self.res = dim == hidden  # official quirk: inner residual when hidden == dim
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        h = seq(lambda z: self.fc1_bn(self.fc1_conv(z)), self.fc1_lif(u))
+        if self.res:
+            h = u + h
+        return seq(lambda z: self.fc2_bn(self.fc2_conv(z)), self.fc2_lif(h))
+
+
+def trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
+    """timm-style init used by the official models: trunc-normal(std) conv/linear weights, zero bias,
+    BN weight 1 and bias 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            nn.init.trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class SpikingModel(nn.Module):
+    """Base class of every model: the public input contract and the metadata the library needs.
+
+    ``forward`` accepts a static image batch ``[B, C, H, W]`` (repeated ``T`` times inside: direct
+    coding) or an event/frame sequence ``[B, T, C, H, W]`` (its own T), checks shape and dtype
+    against the model's ``in_chans`` / ``img_size``, and hands ``[T, B, C, H, W]`` to
+    :meth:`forward_tokens`. Subclasses set ``self.T``, ``self.in_chans``, ``self.img_size``,
+    ``self.num_classes`` and implement ``forward_tokens`` returning logits ``[B, K]`` (or ``[T, B, K]``
+    for TET-style outputs).
+    """
+
+    family = "generic"
+    T: int
+    in_chans: int
+    img_size: int
+    num_classes: int
+
+    def to_time_first(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{type(self).__name__} expects a torch.Tensor, got {type(x).__name__}")
+        c, s = self.in_chans, self.img_size
+        want = f"[B,{c},{s},{s}] (static image) or [B,T,{c},{s},{s}] (frames)"
+        if not x.is_floating_point():
+            raise TypeError(f"expected a floating-point input {want} (normalised images), got dtype {x.dtype}")
+        if x.dim() == 4 and tuple(x.shape[1:]) == (c, s, s):
+            return x.unsqueeze(0).expand(self.T, *x.shape)
+        if x.dim() == 5 and tuple(x.shape[2:]) == (c, s, s):
+            return x.transpose(0, 1)
+        got = "[" + ",".join(["B"] + [str(d) for d in x.shape[1:]]) + "]"
+        raise ValueError(f"expected input {want}, got {got}")
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_tokens(self.to_time_first(x))

@@ -1,0 +1,57 @@
+"""A²OS²A: Accurate Addition-Only Spiking Self-Attention (Guo et al., CVPR 2025, arXiv 2503.00226).
+
+No official code is public. Per the spec (§1.6, inferred with moderate confidence), the model is the
+Spike-driven Transformer V1 macro-architecture (SPS stem, membrane-shortcut blocks, spiking MLP,
+pool-fire-classify head) with SDSA replaced by :class:`spikeformers.attention.A2OS2A`; see that class
+for the attention formula and its documented uncertain choices (``attn_kwargs``).
+"""
+
+from __future__ import annotations
+
+from .registry import register_model
+from .sdt import SpikeDrivenTransformer
+
+_SRC = "Guo et al., CVPR 2025 (no official code; spec a2os2a-resformer-others.md §1)"
+_CIFAR = dict(img_size=32, in_chans=3, num_classes=10, T=4, pooling_stat="0011", num_heads=8, mlp_ratio=4.0)
+_IMAGENET = dict(img_size=224, in_chans=3, num_classes=1000, T=4, pooling_stat="1111", num_heads=8, mlp_ratio=4.0)
+
+
+def _a2os2a(**kw) -> SpikeDrivenTransformer:
+    kw.setdefault("attention", "a2os2a")
+    model = SpikeDrivenTransformer(**kw)
+    model.family = "a2os2a"
+    return model
+
+
+@register_model(**_CIFAR, embed_dim=384, depth=2, meta={"paper_top1": {"cifar10": 95.70}, "source": _SRC})
+def a2os2a_2_384_cifar(**kw):
+    return _a2os2a(**kw)
+
+
+@register_model(**_CIFAR, embed_dim=512, depth=2, meta={"paper_top1": {"cifar10": 96.42}, "source": _SRC})
+def a2os2a_2_512_cifar(**kw):
+    return _a2os2a(**kw)
+
+
+@register_model(**_IMAGENET, embed_dim=384, depth=8, meta={"source": _SRC})
+def a2os2a_8_384(**kw):
+    return _a2os2a(**kw)
+
+
+@register_model(**_IMAGENET, embed_dim=512, depth=8, meta={"source": _SRC})
+def a2os2a_8_512(**kw):
+    return _a2os2a(**kw)
+
+
+@register_model(**_IMAGENET, embed_dim=768, depth=8,
+                meta={"paper_top1": {"imagenet": 78.66}, "source": _SRC + "; depth/width of the 78.66 % model inferred"})
+def a2os2a_8_768(**kw):
+    return _a2os2a(**kw)
+
+
+@register_model(img_size=28, in_chans=1, num_classes=10, T=4, pooling_stat="1100", num_heads=8,
+                mlp_ratio=4.0, embed_dim=128, depth=1,
+                meta={"source": "spikeformers default for Fashion-MNIST (28x28x1)"})
+def a2os2a_fmnist(**kw):
+    """Small A²OS²A for 28x28x1 input: 7x7 tokens; sized to train on a 2-core CPU in minutes."""
+    return _a2os2a(**kw)

@@ -1,0 +1,86 @@
+"""Spike-driven Transformer (Yao et al., NeurIPS 2023, arXiv 2307.01694), V1.
+
+Official code: BICLab/Spike-Driven-Transformer ``model/spikeformer.py`` (spec §3). The whole
+forward pass, on membrane potentials ``U`` (real) and spikes ``S`` (binary)::
+
+    U0 = SPS(x)                                   stem, [T,B,D,H',W'] (layers.SPS)
+    for each block:  U' = U + Attn(U)             attention fires its own input: SN(U)
+                     U  = U' + MLP(U')            MLP fires its input: SN(U')
+    y  = mean_T( Linear( SN( mean_HW(U) ) ) )     head: pool the membrane, fire, classify
+
+The attention is pluggable (``attention="sdsa"`` the paper's, ``"a2os2a"`` for A²OS²A). State-dict
+names equal the official ones (``patch_embed.*``, ``block.{i}.attn.*``, ``block.{i}.mlp.*``,
+``head.*``), without the official attention's unused ``talking_heads`` weight.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..attention import A2OS2A, SpikeDrivenSelfAttention
+from ..layers import SPS, SpikingMLP, SpikingModel, lif, trunc_normal_init
+from .registry import register_model
+
+ATTENTIONS = {"sdsa": SpikeDrivenSelfAttention, "a2os2a": A2OS2A}
+
+
+class MembraneShortcutBlock(nn.Module):
+    """One encoder block with membrane shortcuts: U' = U + Attn(U); U'' = U' + MLP(U')."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, attention: str = "sdsa",
+                 attn_kwargs: dict | None = None):
+        super().__init__()
+        if attention not in ATTENTIONS:
+            raise ValueError(f"unknown attention {attention!r}; expected one of {sorted(ATTENTIONS)}")
+        self.attn = ATTENTIONS[attention](dim, num_heads=num_heads, **(attn_kwargs or {}))
+        self.mlp = SpikingMLP(dim, int(dim * mlp_ratio))
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        u = u + self.attn(u)
+        return u + self.mlp(u)
+
+
+class SpikeDrivenTransformer(SpikingModel):
+    family = "sdt"
+
+    def __init__(self, img_size: int = 32, in_chans: int = 3, num_classes: int = 10,
+                 embed_dim: int = 512, depth: int = 2, num_heads: int = 8, mlp_ratio: float = 4.0,
+                 T: int = 4, pooling_stat: str = "0011", dvs_mode: bool = False, tet: bool = False,
+                 attention: str = "sdsa", attn_kwargs: dict | None = None):
+        super().__init__()
+        self.img_size, self.in_chans, self.num_classes, self.T = img_size, in_chans, num_classes, T
+        self.tet = tet
+        attn_kwargs = dict(attn_kwargs or {})
+        if attention == "sdsa" and dvs_mode:
+            attn_kwargs.setdefault("dvs_mode", True)
+        self.patch_embed = SPS(in_chans, embed_dim, pooling_stat)
+        self.block = nn.ModuleList(MembraneShortcutBlock(embed_dim, num_heads, mlp_ratio, attention, attn_kwargs)
+                                   for _ in range(depth))
+        self.head_lif = lif()
+        self.head = nn.Linear(embed_dim, num_classes)
+        trunc_normal_init(self.patch_embed)
+        trunc_normal_init(self.block)
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.patch_embed(x)                          # [T,B,D,H',W'] membrane
+        for blk in self.block:
+            u = blk(u)
+        s = self.head_lif(u.flatten(3).mean(3))          # [T,B,D] spikes of the pooled membrane
+        y = self.head(s)                                 # [T,B,K]
+        return y if self.tet else y.mean(0)
+
+
+def _sdt(**kw) -> SpikeDrivenTransformer:
+    return SpikeDrivenTransformer(**kw)
+
+
+_CIFAR = dict(img_size=32, in_chans=3, num_classes=10, T=4, pooling_stat="0011", num_heads=8, mlp_ratio=4.0)
+_SRC = "BICLab/Spike-Driven-Transformer"
+
+
+@register_model(**_CIFAR, embed_dim=512, depth=2,
+                meta={"paper_top1": {"cifar10": 95.6, "cifar100": 78.4}, "source": _SRC})
+def sdt_2_512_cifar(**kw):
+    """SDT-2-512 on CIFAR (32x32, pooling 0011, T=4)."""
+    return _sdt(**kw)
