@@ -275,6 +275,14 @@ class PLIF(_BaseLIF):
     def tau(self) -> float:
         return float(1.0 / torch.sigmoid(self.w.detach()))
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_sequence(x, "PLIF")
+        if x.dim() == 1:
+            # x[t] would be 0-dim, and a 0-dim float32 w.sigmoid() would then promote the state
+            # (and the output) of a bfloat16 / float16 input to float32: run it as x[T, 1].
+            return super().forward(x.unsqueeze(1)).squeeze(1)
+        return super().forward(x)
+
     def charge(self, v, x):
         k = self.w.sigmoid()  # 1 / tau
         if self.decay_input:
@@ -313,10 +321,14 @@ class Ternary(nn.Module):
         self.smooth = bool(smooth)
 
     def fire(self, u: torch.Tensor) -> torch.Tensor:
-        mag = u.abs() - self.v_threshold
+        # o = sgn * H(sgn * u - th) with sgn = +1 for u >= 0, -1 otherwise (a constant): the same
+        # forward as sign(u) * H(|u| - th), but do/du = g(|u| - th) at u = 0 too (torch.sign and
+        # abs have a zero gradient at 0, which dropped the gradient of an exactly-zero potential).
+        sgn = torch.where(u < 0, -1.0, 1.0).to(u.dtype)
+        mag = sgn * u - self.v_threshold
         if self.smooth:
-            return torch.sign(u) * self.surrogate.primitive(mag)
-        return torch.sign(u) * _Heaviside.apply(mag, self.surrogate)
+            return sgn * self.surrogate.primitive(mag)
+        return sgn * _Heaviside.apply(mag, self.surrogate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_sequence(x, "Ternary")

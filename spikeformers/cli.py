@@ -1,0 +1,122 @@
+"""``spikeformers <command>``: the one entry point users type (also ``python -m spikeformers``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import __version__
+
+
+class _Main(click.Group):
+    """Turns our own error types into one clear line instead of a traceback."""
+
+    def invoke(self, ctx):
+        from .checkpoint import CheckpointError
+        from .data import DatasetError
+        from .train import TrainingError
+        try:
+            return super().invoke(ctx)
+        except (CheckpointError, DatasetError, TrainingError, KeyError, ValueError, TypeError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            raise click.ClickException(f"{type(e).__name__}: {msg}") from None
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="spikeformers")
+def main():
+    """spikeformers: spiking vision transformers - build, train, evaluate, measure."""
+
+
+@main.command()
+@click.option("--model", default="a2os2a_fmnist", show_default=True, help="registered model name (see `spikeformers models`)")
+@click.option("--data", default="fashion-mnist", show_default=True, help="dataset")
+@click.option("--data-dir", default=None, help="dataset folder (default: $SPIKEFORMERS_DATA or the system copy)")
+@click.option("--epochs", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=2e-3, show_default=True, type=float, help="peak learning rate (AdamW)")
+@click.option("--weight-decay", default=0.01, show_default=True, type=float)
+@click.option("--warmup-epochs", default=0.25, show_default=True, type=float)
+@click.option("--label-smoothing", default=0.1, show_default=True, type=float)
+@click.option("--T", "T", default=None, type=click.IntRange(min=1), help="time steps (default: the model's)")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", default=None, help="folder for checkpoints and logs [default: runs/MODEL]")
+@click.option("--resume", is_flag=True, help="continue a killed run from OUT/last.safetensors")
+@click.option("--max-steps", default=None, type=click.IntRange(min=1), help="stop after N optimizer steps")
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="torch CPU threads (default: all cores)")
+@click.option("--model-kwargs", default=None, help='JSON of extra model kwargs, e.g. \'{"embed_dim": 256}\'')
+def train(model, data, data_dir, epochs, batch_size, lr, weight_decay, warmup_epochs, label_smoothing,
+          T, seed, out, resume, max_steps, threads, model_kwargs):
+    """Train a model (default: A²OS²A on Fashion-MNIST) and write checkpoints and a metrics log."""
+    import torch
+    from .train import TrainConfig, fit
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = TrainConfig(model=model, data=data, data_dir=data_dir, epochs=epochs, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
+                      T=T, seed=seed, out=out or f"runs/{model}", resume=resume, max_steps=max_steps,
+                      model_kwargs=json.loads(model_kwargs) if model_kwargs else {})
+    m = fit(cfg)
+    click.echo(f"done: best test accuracy {m['best_test_acc']:.2f} % in {m['wall_s'] / 60:.1f} min; "
+               f"checkpoints in {cfg.out}/ (best.safetensors, last.safetensors), log {cfg.out}/metrics.jsonl")
+
+
+@main.command("eval")
+@click.option("--checkpoint", required=True, help="a .safetensors checkpoint")
+@click.option("--data", default="fashion-mnist", show_default=True)
+@click.option("--data-dir", default=None)
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "json_out", default=None, help="also write the metrics to this JSON file")
+def eval_cmd(checkpoint, data, data_dir, batch_size, json_out):
+    """Evaluate a checkpoint on the test set."""
+    from .checkpoint import load_checkpoint
+    from .train import TrainConfig, build_data, evaluate
+    model, meta = load_checkpoint(checkpoint)
+    _, test, info = build_data(TrainConfig(data=data, data_dir=data_dir, batch_size=batch_size))
+    if (model.in_chans, model.img_size, model.num_classes) != (info["in_chans"], info["img_size"], info["num_classes"]):
+        raise ValueError(f"checkpoint model {meta.get('model')} expects [B,{model.in_chans},{model.img_size},"
+                         f"{model.img_size}] with {model.num_classes} classes; {data} has [B,{info['in_chans']},"
+                         f"{info['img_size']},{info['img_size']}] with {info['num_classes']} classes")
+    m = evaluate(model, test, desc="eval")
+    click.echo(f"{meta.get('model')} on {data} test ({m['n']} images): accuracy {m['acc']:.2f} %, "
+               f"loss {m['loss']:.4f}, {m['img_s']:.0f} img/s")
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump({"model": meta.get("model"), "data": data, **m}, f, indent=2)
+
+
+@main.command()
+@click.argument("pattern", required=False)
+@click.option("--params/--no-params", default=True, show_default=True, help="count parameters (builds each model on the meta device)")
+def models(pattern, params):
+    """List registered models (optionally matching a glob PATTERN)."""
+    import torch
+    from .models import create_model, list_models, model_entry
+    names = list_models(pattern)
+    if not names:
+        raise ValueError(f"no registered model matches {pattern!r}")
+    for name in names:
+        e = model_entry(name)
+        d = e.defaults
+        line = f"{name:32s} T={d.get('T', '?'):<3} {d.get('in_chans', '?')}x{d.get('img_size', '?')}x{d.get('img_size', '?')} " \
+               f"classes={d.get('num_classes', '?'):<5}"
+        if params:
+            with torch.device("meta"):
+                n = sum(p.numel() for p in create_model(name).parameters())
+            line += f" params={n:>12,}"
+        click.echo(line)
+
+
+@main.command()
+@click.argument("dataset", type=click.Choice(["fashion-mnist"]))
+@click.option("--dest", default=None, help="target folder (default: the cache ~/.cache/spikeformers/fashion-mnist)")
+def download(dataset, dest):
+    """Download a dataset and verify its published MD5 sums."""
+    from .data.fashion_mnist import CACHE_DIR, download_fashion_mnist
+    click.echo(f"Fashion-MNIST in {download_fashion_mnist(dest or CACHE_DIR)}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
