@@ -199,27 +199,98 @@ class _BaseLIF(nn.Module):
             return self.surrogate.primitive(h - self.v_threshold)
         return _Heaviside.apply(h - self.v_threshold, self.surrogate)
 
+    def charge_coeffs(self) -> tuple[float, float] | None:
+        """Constant (dH/dV, dH/dX) of a charge that is linear with fixed coefficients, enabling the
+        fused single-pass backward; ``None`` (learnable leak) uses the autograd loop."""
+        return None
+
+    def reset(self, h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """V[t] from H[t] and the (possibly detached) spikes S[t], in SpikingJelly's float order."""
+        if self.v_reset is None:
+            return h - s * self.v_threshold
+        if self.v_reset == 0.0:
+            return h * (1.0 - s)
+        return (1.0 - s) * h + s * self.v_reset
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_sequence(x, type(self).__name__)
+        if not self.smooth and self.charge_coeffs() is not None:
+            if torch.is_grad_enabled() and x.requires_grad:
+                return _FusedLIF.apply(x, self)
+            with torch.no_grad():
+                return _lif_loop(self, x)[0]
         v0 = 0.0 if self.v_reset is None else self.v_reset
         v = torch.full_like(x[0], v0)
         out = []
         for t in range(x.shape[0]):
             h = self.charge(v, x[t])
             s = self.fire(h)
-            s_r = s.detach() if self.detach_reset else s
-            if self.v_reset is None:
-                v = h - s_r * self.v_threshold
-            elif self.v_reset == 0.0:
-                v = h * (1.0 - s_r)
-            else:
-                v = (1.0 - s_r) * h + s_r * self.v_reset
+            v = self.reset(h, s.detach() if self.detach_reset else s)
             out.append(s)
         return torch.stack(out)
 
     def extra_repr(self) -> str:
         return (f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, "
                 f"detach_reset={self.detach_reset}, surrogate={self.surrogate}")
+
+
+def _lif_loop(neuron: "_BaseLIF", x: torch.Tensor, keep_h: bool = False):
+    """Forward of a fixed-coefficient LIF/IF without autograd: the spikes and (optionally) the
+    pre-spike potentials H[t] that the fused backward needs. Same float operations, in the same
+    order, as the autograd loop, so the spikes are bit-identical."""
+    v = torch.full_like(x[0], 0.0 if neuron.v_reset is None else neuron.v_reset)
+    out = torch.empty_like(x)
+    hs = torch.empty_like(x) if keep_h else None
+    for t in range(x.shape[0]):
+        h = neuron.charge(v, x[t])
+        s = (h >= neuron.v_threshold).to(x.dtype)
+        out[t] = s
+        if keep_h:
+            hs[t] = h
+        v = neuron.reset(h, s)
+    return out, hs
+
+
+class _FusedLIF(torch.autograd.Function):
+    """Multi-step LIF/IF with a hand-written backward through time: one forward pass saving only
+    H[t], one reverse pass. dH/dV = a and dH/dX = b are the neuron's constant charge coefficients;
+    g = surrogate'(H - v_th)::
+
+        dV/dH = 1 - S (+ (v_reset - H) g unless detach_reset)     hard reset
+        dV/dH = 1     (- v_th g          unless detach_reset)     soft reset
+        gH[t] = gS[t] g[t] + gV[t] dV/dH[t];  gX[t] = b gH[t];  gV[t-1] = a gH[t]
+    """
+
+    @staticmethod
+    def forward(ctx, x, neuron):
+        with torch.no_grad():
+            out, hs = _lif_loop(neuron, x, keep_h=True)
+        ctx.save_for_backward(hs)
+        ctx.neuron = neuron
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_s):
+        (hs,) = ctx.saved_tensors
+        n = ctx.neuron
+        a, b = n.charge_coeffs()
+        grad_x = torch.empty_like(hs)
+        grad_v = None
+        for t in range(hs.shape[0] - 1, -1, -1):
+            z = hs[t] - n.v_threshold
+            sg = n.surrogate.derivative(z)
+            gh = grad_s[t] * sg
+            if grad_v is not None:
+                if n.v_reset is None:
+                    dvdh = 1.0 if n.detach_reset else 1.0 - n.v_threshold * sg
+                else:
+                    dvdh = (z < 0).to(hs.dtype)
+                    if not n.detach_reset:
+                        dvdh = dvdh + (n.v_reset - hs[t]) * sg
+                gh = gh + grad_v * dvdh
+            grad_x[t] = gh * b
+            grad_v = gh * a
+        return grad_x, None
 
 
 class LIF(_BaseLIF):
@@ -246,6 +317,9 @@ class LIF(_BaseLIF):
             return v * (1.0 - 1.0 / self.tau) + x
         return v - (v - self.v_reset) / self.tau + x
 
+    def charge_coeffs(self):
+        return (1.0 - 1.0 / self.tau, 1.0 / self.tau if self.decay_input else 1.0)
+
     def extra_repr(self) -> str:
         return f"tau={self.tau}, decay_input={self.decay_input}, " + super().extra_repr()
 
@@ -255,6 +329,9 @@ class IF(_BaseLIF):
 
     def charge(self, v, x):
         return v + x
+
+    def charge_coeffs(self):
+        return (1.0, 1.0)
 
 
 class PLIF(_BaseLIF):

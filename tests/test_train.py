@@ -1,0 +1,152 @@
+"""Checkpoints (atomic, validated) and the training engine (smoke run, resume, NaN, CLI)."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import spikeformers as sf
+from spikeformers import checkpoint as ck
+from spikeformers.cli import main
+from spikeformers.data import fashion_mnist as fm
+from spikeformers.train import TrainConfig, TrainingError, fit
+
+from test_data import _fake_dataset
+
+TINY = {"embed_dim": 16, "num_heads": 2, "depth": 1}
+
+
+@pytest.fixture(scope="module")
+def fake_fmnist(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fmnist")
+    _fake_dataset(d, compress=False)
+    return d
+
+
+def test_checkpoint_roundtrip_and_sidecar(tmp_path):
+    m = sf.create_model("a2os2a_fmnist", **TINY)
+    ck.save_checkpoint(tmp_path / "m.safetensors", m, epoch=3, metrics={"acc": 1.0})
+    meta = json.loads((tmp_path / "m.json").read_text())
+    assert meta["model"] == "a2os2a_fmnist" and meta["epoch"] == 3 and meta["config"]["embed_dim"] == 16
+    m2, meta2 = ck.load_checkpoint(tmp_path / "m.safetensors")
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, m2.state_dict()[k])
+    assert not list(tmp_path.glob(".*.tmp"))  # no temp files left behind
+
+
+def test_checkpoint_errors(tmp_path):
+    m = sf.create_model("a2os2a_fmnist", **TINY)
+    p = ck.save_checkpoint(tmp_path / "m.safetensors", m)
+    with pytest.raises(ck.CheckpointError, match="holds model 'a2os2a_fmnist', expected 'sdt_2_512_cifar'"):
+        ck.load_checkpoint(p, expect_model="sdt_2_512_cifar")
+    other = sf.create_model("a2os2a_fmnist", embed_dim=32, num_heads=2, depth=1)
+    with pytest.raises(ck.CheckpointError, match="shape mismatches"):
+        ck.load_weights(other, ck.read_checkpoint(p)[0])
+    sdt = sf.create_model("sdt_2_512_cifar", **TINY)
+    with pytest.raises(ck.CheckpointError, match="missing keys"):
+        ck.load_weights(sdt, {k: v for k, v in ck.read_checkpoint(p)[0].items() if "head" not in k})
+    data = p.read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ck.CheckpointError, match="truncated or corrupt"):
+        ck.load_checkpoint(tmp_path / "trunc.safetensors")
+    with pytest.raises(ck.CheckpointError, match="does not exist"):
+        ck.load_checkpoint(tmp_path / "nope.safetensors")
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+
+    def boom(tmp):
+        open(tmp, "wb").write(b"partial")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        ck.atomic_write(target, boom)
+    assert target.read_bytes() == b"old" and len(list(tmp_path.iterdir())) == 1
+
+
+def _cfg(fake, out, **kw):
+    base = dict(data_dir=str(fake), epochs=2, batch_size=64, max_steps=None, out=str(out),
+                model_kwargs=dict(TINY), T=1, warmup_epochs=0.0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_fit_smoke_and_resume(fake_fmnist, tmp_path, monkeypatch):
+    # 2 epochs of 3 steps each: shrink the data so a run takes seconds.
+    import spikeformers.train as tr
+    real_load = tr.load_fashion_mnist
+
+    def small(split, data_dir=None):
+        x, y = real_load(split, data_dir)
+        return x[:192], y[:192]
+
+    monkeypatch.setattr(tr, "load_fashion_mnist", small)
+    out = tmp_path / "run"
+    full = fit(_cfg(fake_fmnist, tmp_path / "full"), progress=False)
+    calls = []
+
+    def killed_in_epoch_2(model, loader, **kw):  # the process dies during epoch 2's evaluation
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(model, loader, **kw)
+
+    real_evaluate = tr.evaluate
+    monkeypatch.setattr(tr, "evaluate", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(_cfg(fake_fmnist, out), progress=False)
+    monkeypatch.setattr(tr, "evaluate", real_evaluate)
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1
+    for f in ("last.safetensors", "last.json", "best.safetensors", "last.state.pt"):
+        assert (out / f).is_file()
+    resumed = fit(_cfg(fake_fmnist, out, resume=True), progress=False)
+    assert resumed["epoch"] == 2 and resumed["step"] == 6
+    # a resumed run ends with the same weights as an uninterrupted one
+    a, _ = ck.read_checkpoint(tmp_path / "full" / "last.safetensors")
+    b, _ = ck.read_checkpoint(out / "last.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    with pytest.raises(TrainingError, match="batch_size=64, this run asks for batch_size=32"):
+        fit(_cfg(fake_fmnist, out, resume=True, batch_size=32), progress=False)
+
+
+def test_nan_loss_is_reported(fake_fmnist, tmp_path, monkeypatch):
+    import spikeformers.train as tr
+    real_load = tr.load_fashion_mnist
+    monkeypatch.setattr(tr, "load_fashion_mnist", lambda s, d=None: tuple(t[:128] for t in real_load(s, d)))
+    real_create = tr.create_model
+
+    def poisoned(name, **kw):  # a diverged model: its classifier bias holds a NaN
+        m = real_create(name, **kw)
+        with torch.no_grad():
+            m.head.bias[0] = float("nan")
+        return m
+
+    monkeypatch.setattr(tr, "create_model", poisoned)
+    with pytest.raises(TrainingError, match="loss is nan at step 0"):
+        fit(_cfg(fake_fmnist, tmp_path, max_steps=1), progress=False)
+
+
+def test_cli_models_train_eval(fake_fmnist, tmp_path, monkeypatch):
+    import spikeformers.train as tr
+    real_load = tr.load_fashion_mnist
+    monkeypatch.setattr(tr, "load_fashion_mnist", lambda s, d=None: tuple(t[:128] for t in real_load(s, d)))
+    r = CliRunner().invoke(main, ["models", "a2os2a_*"])
+    assert r.exit_code == 0 and "a2os2a_fmnist" in r.output and "params=" in r.output
+    out = tmp_path / "cli"
+    r = CliRunner().invoke(main, ["train", "--data-dir", str(fake_fmnist), "--epochs", "1", "--batch-size", "64",
+                                  "--T", "1", "--out", str(out), "--model-kwargs", json.dumps(TINY)])
+    assert r.exit_code == 0, r.output
+    assert "best test accuracy" in r.output
+    r = CliRunner().invoke(main, ["eval", "--checkpoint", str(out / "best.safetensors"), "--data-dir", str(fake_fmnist),
+                                  "--json", str(tmp_path / "e.json")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "e.json").read_text())["n"] == 128
+    r = CliRunner().invoke(main, ["eval", "--checkpoint", str(tmp_path / "missing.safetensors")])
+    assert r.exit_code != 0 and "does not exist" in r.output
+    r = CliRunner().invoke(main, ["train", "--model", "nope", "--data-dir", str(fake_fmnist)])
+    assert r.exit_code != 0 and "unknown model 'nope'" in r.output
