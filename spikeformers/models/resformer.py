@@ -238,43 +238,62 @@ class SpikingResformer(SpikingModel):
         return {n + ".w" for n, m in self.named_modules() if isinstance(m, PLIF)}
 
 
+_SRC = "xyshi2000/SpikingResformer:models/spikingresformer.py:"
 _STAGES = dict(depths=(1, 2, 3), patch_sizes=(4, 2, 1))
+_IMAGENET = dict(img_size=224, in_chans=3, num_classes=1000, T=4, stem="imagenet", **_STAGES)
 
 
-@register_model(params_paper="11.14 M (without BN)", accuracy="74.34 (ImageNet, T=4)",
-                source="xyshi2000/SpikingResformer:models/spikingresformer.py:spikingresformer_ti")
+def _resformer(**kw) -> SpikingResformer:
+    return SpikingResformer(**kw)
+
+
+# Paper parameter counts exclude BatchNorm (folded into the convs at inference), spec §2.5.
+@register_model(**_IMAGENET, planes=(64, 192, 384), num_heads=(1, 3, 6),
+                meta={"paper_top1": {"imagenet": 74.34}, "paper_params": "11.14 M (no BN)",
+                      "source": _SRC + "spikingresformer_ti"})
 def spikingresformer_ti(**kw):
-    return SpikingResformer(**{**dict(planes=(64, 192, 384), num_heads=(1, 3, 6), **_STAGES), **kw})
+    """SpikingResformer-Ti, ImageNet 224, T=4."""
+    return _resformer(**kw)
 
 
-@register_model(params_paper="17.76 M (without BN)", accuracy="75.95 (ImageNet, T=4; unverified)",
-                source="xyshi2000/SpikingResformer:models/spikingresformer.py:spikingresformer_s")
+@register_model(**_IMAGENET, planes=(64, 256, 512), num_heads=(1, 4, 8),
+                meta={"paper_top1": {}, "paper_params": "17.76 M (no BN)",
+                      "source": _SRC + "spikingresformer_s"})
 def spikingresformer_s(**kw):
-    return SpikingResformer(**{**dict(planes=(64, 256, 512), num_heads=(1, 4, 8), **_STAGES), **kw})
+    """SpikingResformer-S, ImageNet 224, T=4 (paper accuracy not recovered, spec §2.5)."""
+    return _resformer(**kw)
 
 
-@register_model(params_paper="35.52 M (without BN)", accuracy="77.24 (ImageNet, T=4)",
-                source="xyshi2000/SpikingResformer:models/spikingresformer.py:spikingresformer_m")
+@register_model(**_IMAGENET, planes=(64, 384, 768), num_heads=(1, 6, 12),
+                meta={"paper_top1": {"imagenet": 77.24}, "paper_params": "35.52 M (no BN)",
+                      "source": _SRC + "spikingresformer_m"})
 def spikingresformer_m(**kw):
-    return SpikingResformer(**{**dict(planes=(64, 384, 768), num_heads=(1, 6, 12), **_STAGES), **kw})
+    """SpikingResformer-M, ImageNet 224, T=4."""
+    return _resformer(**kw)
 
 
-@register_model(params_paper="60.27 M (without BN)", accuracy="78.77 (ImageNet, T=4; 79.40 at 288)",
-                source="xyshi2000/SpikingResformer:models/spikingresformer.py:spikingresformer_l")
+@register_model(**_IMAGENET, planes=(128, 512, 1024), num_heads=(2, 8, 16),
+                meta={"paper_top1": {"imagenet": 78.77, "imagenet@288": 79.40}, "paper_params": "60.27 M (no BN)",
+                      "source": _SRC + "spikingresformer_l"})
 def spikingresformer_l(**kw):
-    return SpikingResformer(**{**dict(planes=(128, 512, 1024), num_heads=(2, 8, 16), **_STAGES), **kw})
+    """SpikingResformer-L, ImageNet 224, T=4."""
+    return _resformer(**kw)
 
 
-@register_model(params_paper="10.75 M (without BN)", accuracy="—",
-                source="xyshi2000/SpikingResformer:models/spikingresformer.py:spikingresformer_cifar")
+@register_model(img_size=32, in_chans=3, num_classes=10, T=4, stem="cifar", planes=(64, 192, 384),
+                num_heads=(1, 3, 6), **_STAGES,
+                meta={"paper_top1": {}, "paper_params": "10.75 M (no BN)",
+                      "source": _SRC + "spikingresformer_cifar"})
 def spikingresformer_ti_cifar(**kw):
-    return SpikingResformer(**{**dict(planes=(64, 192, 384), num_heads=(1, 3, 6), stem="cifar",
-                                      img_size=32, num_classes=10, **_STAGES), **kw})
+    """SpikingResformer-Ti* for CIFAR (3x3 stem, no pooling), trained directly, T=4."""
+    return _resformer(**kw)
 
 
-@register_model(params_paper="2.69 M (without BN)", accuracy="—",
-                source="xyshi2000/SpikingResformer:models/spikingresformer.py:spikingresformer_dvsg")
+@register_model(img_size=64, in_chans=3, num_classes=11, T=16, stem="cifar", planes=(32, 96, 192),
+                num_heads=(1, 3, 6), group_size=32, neuron="PLIF", **_STAGES,
+                meta={"paper_top1": {}, "paper_params": "2.69 M (no BN)",
+                      "source": _SRC + "spikingresformer_dvsg"})
 def spikingresformer_dvsg(**kw):
-    return SpikingResformer(**{**dict(planes=(32, 96, 192), num_heads=(1, 3, 6), stem="cifar",
-                                      img_size=64, T=16, num_classes=11, group_size=32,
-                                      neuron="PLIF", **_STAGES), **kw})
+    """SpikingResformer for DVS128 Gesture: 64x64 frames with 3 channels (2 polarities + their sum),
+    PLIF neurons, T=16."""
+    return _resformer(**kw)

@@ -1,0 +1,108 @@
+"""Our models against the official implementations' outputs (../shared/fixtures/official/).
+
+Each fixture holds an official state dict, an input, and the official eval / train logits,
+gradients and buffers (see that README). The model comes from ``from_official`` exactly as a user
+would build it from the fixture's ``source`` and ``config``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+import torch
+
+import spikeformers
+from spikeformers.models.official import load_official_state_dict
+
+FIXTURES = os.environ.get("SPIKEFORMERS_OFFICIAL_FIXTURES",
+                          os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "official"))
+FILES = sorted(glob.glob(os.path.join(FIXTURES, "*.pt")))
+if not FILES:
+    FILES = sorted(glob.glob("/work/shared/fixtures/official/*.pt"))
+
+pytestmark = pytest.mark.skipif(not FILES, reason=f"no official fixtures in {FIXTURES}")
+
+_cache: dict = {}
+
+
+def fixture(name):
+    if name not in _cache:
+        _cache[name] = torch.load(name, map_location="cpu", weights_only=True)
+    return _cache[name]
+
+
+def build(fx):
+    return spikeformers.from_official(fx["state_dict"], fx["source"], **fx["config"])
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("path", FILES, ids=[os.path.basename(f)[:-3] for f in FILES])
+def test_official_fixture(path):
+    fx = fixture(path)
+    # eval logits
+    model = build(fx)
+    with torch.no_grad():
+        out = model(fx["input"])
+    torch.testing.assert_close(out, fx["eval_logits"], rtol=1e-5, atol=1e-5)
+
+    # train logits, weighted gradients (input and first conv), buffers after the pass
+    model = build(fx).train()
+    x = fx["input"].clone().requires_grad_(True)
+    out = model(x)
+    torch.testing.assert_close(out, fx["train_logits"], rtol=1e-5, atol=1e-5)
+    (out * fx["loss_weights"]).sum().backward()
+    first_conv = dict(model.named_parameters())[_our_key(fx, fx["first_conv_key"])]
+    for ours, ref in ((x.grad, fx["train_grad_input_weighted"]),
+                      (first_conv.grad, fx["train_grad_first_conv_weighted"])):
+        assert rel_err(ours, ref) < 1e-4, f"gradient off by {rel_err(ours, ref):.2e} of its max magnitude"
+
+    buffers = dict(model.named_buffers())
+    for k, ref in fx["train_buffers_after"].items():
+        ours = buffers[_our_key(fx, k)]
+        if ref.dtype == torch.int64:
+            assert torch.equal(ours, ref), k
+        else:
+            torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
+
+
+def _our_key(fx, key):
+    from spikeformers.models.official import _lookup
+    return _lookup(fx["source"]).keys(key)
+
+
+def test_containers_and_module_prefix(tmp_path):
+    fx = fixture(FILES[0])
+    sd = fx["state_dict"]
+    for wrapped in ({"model": sd, "epoch": 3}, {"state_dict": {f"module.{k}": v for k, v in sd.items()}}):
+        assert load_official_state_dict(wrapped).keys() == sd.keys()
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": sd, "optimizer": {}, "epoch": 1}, path)
+    assert load_official_state_dict(path).keys() == sd.keys()
+    model = spikeformers.from_official(str(path), fx["source"], **fx["config"])
+    assert isinstance(model, torch.nn.Module)
+
+
+def test_key_mismatch_is_reported_by_name():
+    fx = fixture(next(f for f in FILES if "spikformer_cifar" in f))
+    sd = dict(fx["state_dict"])
+    sd["block.0.attn.extra.weight"] = torch.zeros(1)
+    del sd["head.bias"]
+    with pytest.raises(KeyError, match=r"block\.0\.attn\.extra\.weight[\s\S]*head\.bias"):
+        spikeformers.from_official(sd, fx["source"], **fx["config"])
+    with pytest.raises(ValueError, match="wrong shapes"):
+        spikeformers.from_official(fx["state_dict"], fx["source"], **{**fx["config"], "num_classes": 7})
+    with pytest.raises(ValueError, match="unknown official source"):
+        spikeformers.from_official(fx["state_dict"], "ZK-Zhou/spikformer:cifar100/model.py:Spikformer")
+    with pytest.raises(TypeError, match="bogus"):
+        spikeformers.from_official(fx["state_dict"], fx["source"], bogus=1, **fx["config"])
+
+
+def test_dead_official_parameters_are_dropped_and_listed():
+    fx = fixture(next(f for f in FILES if "spikformer_cifar" in f))
+    model = build(fx)
+    assert model.official_dropped and all(".norm1." in k or ".norm2." in k for k in model.official_dropped)
