@@ -106,3 +106,26 @@ def test_dead_official_parameters_are_dropped_and_listed():
     fx = fixture(next(f for f in FILES if "spikformer_cifar" in f))
     model = build(fx)
     assert model.official_dropped and all(".norm1." in k or ".norm2." in k for k in model.official_dropped)
+
+
+def test_cli_convert_then_load_checkpoint(tmp_path):
+    from click.testing import CliRunner
+    from spikeformers.checkpoint import load_checkpoint
+    from spikeformers.cli import main
+    import json
+    for stem in ("spikformer_cifar_a", "spikingresformer_dvs_a"):
+        fx = fixture(next(f for f in FILES if stem in f))
+        pth = tmp_path / f"{stem}.pth"
+        torch.save({"model": fx["state_dict"], "epoch": 7}, pth)
+        out = tmp_path / f"{stem}.safetensors"
+        res = CliRunner().invoke(main, ["convert", str(pth), "--source", fx["source"],
+                                        "--kwargs", json.dumps(fx["config"]), "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        model, meta = load_checkpoint(out)
+        assert meta["official_source"] == fx["source"]
+        with torch.no_grad():
+            y = model.eval()(fx["input"])
+        ref = fx["eval_logits"] if fx["eval_logits"].dim() == 2 else fx["eval_logits"].mean(0)
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    res = CliRunner().invoke(main, ["convert", str(pth), "--source", "nobody/nothing:x.py:Y", "--out", str(out)])
+    assert res.exit_code != 0 and "unknown official source" in res.output

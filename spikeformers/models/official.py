@@ -65,6 +65,22 @@ def load_official_state_dict(state_dict_or_path) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------
 # official constructors -> our models
 # ---------------------------------------------------------------------------------------------
+# the registered variant whose factory rebuilds a converted model from its full kwargs (checkpoints)
+_FAMILY_VARIANT = {("Spikformer", "cifar"): "spikformer_4_384_cifar", ("Spikformer", "imagenet"): "spikformer_8_512",
+                   ("Spikformer", "dvs"): "spikformer_2_256_cifar10dvs", ("SpikeDrivenTransformer", None): "sdt_2_512_cifar",
+                   ("QKFormer", "cifar"): "qkformer_4_384_cifar", ("QKFormer", "imagenet"): "qkformer_10_768",
+                   ("QKFormer", "dvs"): "qkformer_2_256_cifar10dvs", ("SpikingResformer", None): "spikingresformer_ti"}
+
+
+def _make(cls, **kw):
+    """Build our model and record its registry config (``model.config``), so that checkpoints of
+    converted models rebuild with ``create_model``."""
+    model = cls(**kw)
+    name = _FAMILY_VARIANT[(cls.__name__, kw.get("layout"))]
+    model.config, model.model_name = {"name": name, **kw}, name
+    return model
+
+
 def _need(name, value, official_default):
     if value is None:
         raise TypeError(f"official argument {name!r} is required: the official default "
@@ -89,7 +105,7 @@ def _spikformer(layout):
         T = extra.pop("T", 4) if layout == "cifar" else 4  # the ImageNet file hard-codes T = 4
         if extra:
             raise TypeError(f"unexpected official argument(s) {sorted(extra)} for the {layout} Spikformer")
-        return Spikformer(img_size=_square(img_size_h, img_size_w), in_chans=in_channels,
+        return _make(Spikformer, img_size=_square(img_size_h, img_size_w), in_chans=in_channels,
                           num_classes=num_classes, embed_dim=_need("embed_dims", embed_dims, [64, 128, 256]),
                           depths=_need("depths", depths, [6, 8, 6]),
                           num_heads=_need("num_heads", num_heads, [1, 2, 4]),
@@ -112,7 +128,7 @@ def _sdt(img_size_h=128, img_size_w=128, patch_size=16, in_channels=2, num_class
         raise NotImplementedError(f"SDT spike_mode={spike_mode!r}: only 'lif' (every released config) is supported")
     if cml or get_embed:
         raise NotImplementedError("SDT cml=True / get_embed=True are not supported")
-    return SpikeDrivenTransformer(img_size=_square(img_size_h, img_size_w), in_chans=in_channels,
+    return _make(SpikeDrivenTransformer, img_size=_square(img_size_h, img_size_w), in_chans=in_channels,
                                   num_classes=num_classes, embed_dim=embed_dims,
                                   depth=_need("depths", depths, [6, 8, 6]), num_heads=num_heads,
                                   mlp_ratio=mlp_ratios, T=T, pooling_stat=pooling_stat, dvs_mode=dvs_mode,
@@ -128,7 +144,7 @@ def _qkformer(layout, heads=None):
         if bad:
             raise TypeError(f"unexpected official argument(s) {sorted(bad)} for the {layout} QKFormer")
         h = heads if heads is not None else _need("num_heads", num_heads, [1, 2, 4])
-        return QKFormer(img_size=_square(img_size_h, img_size_w), in_chans=in_channels, num_classes=num_classes,
+        return _make(QKFormer, img_size=_square(img_size_h, img_size_w), in_chans=in_channels, num_classes=num_classes,
                         embed_dim=_need("embed_dims", embed_dims, [64, 128, 256]),
                         depths=_need("depths", depths, [6, 8, 6]) if layout != "dvs" else 2, num_heads=h,
                         mlp_ratio=_need("mlp_ratios", mlp_ratios, [4, 4, 4]), T=T, layout=layout,
@@ -167,7 +183,7 @@ def _resformer(layers=None, planes=None, num_heads=None, patch_sizes=None, img_s
     if prologue not in (None, "cifar"):
         raise ValueError(f"prologue must be None (the ImageNet stem) or 'cifar' (3x3 conv + BN), got {prologue!r}")
     activation = getattr(activation, "__name__", activation)
-    return SpikingResformer(planes=tuple(planes), num_heads=tuple(num_heads), patch_sizes=tuple(patch_sizes),
+    return _make(SpikingResformer, planes=tuple(planes), num_heads=tuple(num_heads), patch_sizes=tuple(patch_sizes),
                             depths=tuple(depths), img_size=img_size, T=T, in_chans=in_channels,
                             num_classes=num_classes, stem="imagenet" if prologue is None else "cifar",
                             group_size=group_size, neuron=activation, per_step_logits=True, fixed_tokens=True)
