@@ -90,13 +90,18 @@ def eval_cmd(checkpoint, data, data_dir, batch_size, json_out):
 @main.command()
 @click.argument("pattern", required=False)
 @click.option("--params/--no-params", default=True, show_default=True, help="count parameters (builds each model on the meta device)")
-def models(pattern, params):
+@click.option("--markdown", is_flag=True, help="print the README models table (params, paper accuracy, source)")
+def models(pattern, params, markdown):
     """List registered models (optionally matching a glob PATTERN)."""
     import torch
     from .models import create_model, list_models, model_entry
     names = list_models(pattern)
     if not names:
         raise ValueError(f"no registered model matches {pattern!r}")
+    if markdown:
+        from .models.table import markdown_table
+        click.echo(markdown_table(pattern))
+        return
     for name in names:
         e = model_entry(name)
         d = e.defaults

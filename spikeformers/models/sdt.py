@@ -80,7 +80,7 @@ _SRC = "BICLab/Spike-Driven-Transformer"
 
 
 @register_model(**_CIFAR, embed_dim=512, depth=2,
-                meta={"paper_top1": {"cifar10": 95.6, "cifar100": 78.4}, "source": _SRC})
+                meta={"paper_top1": {"cifar10": 95.6, "cifar100": 78.4}, "paper_params": "10.28 M", "source": _SRC})
 def sdt_2_512_cifar(**kw):
     """SDT-2-512 on CIFAR (32x32, pooling 0011, T=4)."""
     return _sdt(**kw)
