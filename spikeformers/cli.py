@@ -90,13 +90,18 @@ def eval_cmd(checkpoint, data, data_dir, batch_size, json_out):
 @main.command()
 @click.argument("pattern", required=False)
 @click.option("--params/--no-params", default=True, show_default=True, help="count parameters (builds each model on the meta device)")
-def models(pattern, params):
+@click.option("--markdown", is_flag=True, help="print the README models table (params, paper accuracy, source)")
+def models(pattern, params, markdown):
     """List registered models (optionally matching a glob PATTERN)."""
     import torch
     from .models import create_model, list_models, model_entry
     names = list_models(pattern)
     if not names:
         raise ValueError(f"no registered model matches {pattern!r}")
+    if markdown:
+        from .models.table import markdown_table
+        click.echo(markdown_table(pattern))
+        return
     for name in names:
         e = model_entry(name)
         d = e.defaults
@@ -107,6 +112,32 @@ def models(pattern, params):
                 n = sum(p.numel() for p in create_model(name).parameters())
             line += f" params={n:>12,}"
         click.echo(line)
+
+
+@main.command()
+@click.argument("official", type=click.Path(exists=True, dir_okay=False))
+@click.option("--source", required=True,
+              help='official code that made the weights, "owner/repo:path:Name", e.g. '
+                   '"ZK-Zhou/spikformer:cifar10/model.py:Spikformer" (see --list-sources)')
+@click.option("--kwargs", "kwargs_json", default=None,
+              help='JSON of the official constructor kwargs, e.g. \'{"embed_dims": 384, "depths": 4}\'')
+@click.option("--out", required=True, help="output .safetensors (a .json sidecar is written beside it)")
+def convert(official, source, kwargs_json, out):
+    """Convert an official checkpoint OFFICIAL (.pth) into a spikeformers checkpoint."""
+    from .checkpoint import save_checkpoint
+    from .models.official import from_official
+    kw = json.loads(kwargs_json) if kwargs_json else {}
+    if not isinstance(kw, dict):
+        raise ValueError(f"--kwargs must be a JSON object of keyword arguments, got {kwargs_json!r}")
+    model = from_official(official, source, **kw)
+    # Saved in our own conventions ([B, K] logits); the numerical quirk flags are kept.
+    if model.config.get("per_step_logits"):
+        model.config["per_step_logits"] = False
+    path = save_checkpoint(out, model, official_source=source, official_kwargs=kw,
+                           official_dropped=model.official_dropped)
+    n = sum(p.numel() for p in model.parameters())
+    click.echo(f"{source} -> {path} ({model.model_name} config, {n:,} params; dropped unused official "
+               f"entries: {len(model.official_dropped)})")
 
 
 @main.command()
