@@ -10,7 +10,6 @@ event frames, and carries ``.info`` (:class:`DatasetInfo`: num_classes, in_chans
 
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
 from .common import DatasetInfo, DatasetNotFoundError
@@ -121,17 +120,41 @@ def _events(data_dir, train: bool, *, name: str, transform=None, T: int = 16, sp
                in_chans=in_chans, transform=transform, progress=progress, **extra)
 
 
+class _FashionMNIST:
+    """Fashion-MNIST (IDX, read by :func:`load_fashion_mnist`) as a map-style dataset of normalised
+    ``[1, 28, 28]`` images; train samples get the random crop (``padding``) and flip of the
+    in-memory loader."""
+
+    def __init__(self, data_dir, train: bool, transform=None, padding: int = 2, flip: bool = True):
+        from . import fashion_mnist as fm
+
+        self.images, self.labels = load_fashion_mnist("train" if train else "test", data_dir)
+        self.train, self.padding, self.flip, self.transform = train, padding, flip, transform
+        self.mean, self.std = fm.MEAN, fm.STD
+        self.info = DatasetInfo("fashion-mnist", num_classes=10, in_chans=1, img_size=28, classes=fm.CLASSES,
+                                mean=(fm.MEAN,), std=(fm.STD,))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        x = self.images[i].float().div(255.0).unsqueeze(0)
+        if self.train and (self.padding or self.flip):
+            x = random_crop_flip(x.unsqueeze(0), self.padding, self.flip, torch.default_generator)[0]
+        x = (x - self.mean) / self.std
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, int(self.labels[i])
+
+
 @register_dataset("fashion-mnist")
-def _fashion_mnist(data_dir, train: bool, *, name: str, transform=None, **kw):
-    """Hook for the IDX reader in :mod:`spikeformers.data.fashion_mnist`."""
-    try:
-        mod = importlib.import_module(".fashion_mnist", __name__)
-    except ImportError as e:  # pragma: no cover - depends on the package build
-        raise NotImplementedError("fashion-mnist needs spikeformers/data/fashion_mnist.py") from e
-    for attr in ("build", "build_dataset"):
-        if hasattr(mod, attr):
-            return getattr(mod, attr)(data_dir, train=train, transform=transform, **kw)
-    return mod.FashionMNIST(data_dir, train=train, transform=transform, **kw)
+def _fashion_mnist(data_dir, train: bool, *, name: str, transform=None, padding: int = 2, flip: bool = True, **kw):
+    for k in _IMAGE_TRANSFORM_KEYS + ("mean", "std", "normalize", "img_size", "T"):
+        kw.pop(k, None)
+    _check_unused(name, kw)
+    return _FashionMNIST(data_dir, train, transform, padding, flip)
 
 
 def build_dataset(name: str, data_dir, train: bool, **kw):
