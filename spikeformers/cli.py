@@ -30,9 +30,44 @@ def main():
     """spikeformers: spiking vision transformers - build, train, evaluate, measure."""
 
 
-@main.command()
+DATASETS = ["fashion-mnist", "cifar10", "cifar100", "imagefolder", "dvs128-gesture", "cifar10-dvs"]
+
+
+def _parse_sets(items) -> dict:
+    """``key=value`` pairs; values are read as YAML (numbers, true/false, lists, null)."""
+    import yaml
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+    return out
+
+
+def load_config_file(path) -> dict:
+    """A flat YAML mapping of TrainConfig fields (see configs/)."""
+    import yaml
+    with open(path) as f:
+        d = yaml.safe_load(f) or {}
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a YAML mapping of training options, got {type(d).__name__}")
+    return d
+
+
+@main.command(context_settings={"show_default": True})
+@click.option("--config", "config_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="YAML recipe (configs/*.yaml); explicit options and --set override it")
+@click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
+              help="override any training option, e.g. --set lr=1e-3 --set randaugment=null (repeatable)")
+@click.option("--optimizer", default="adamw", type=click.Choice(["adamw", "lamb", "sgd", "adam"]))
+@click.option("--precision", default="fp32", type=click.Choice(["fp32", "bf16"]), help="bf16 autocast on CPU or GPU")
+@click.option("--accum-steps", default=1, type=click.IntRange(min=1), help="gradient accumulation steps")
+@click.option("--tet", is_flag=True, help="TET loss on per-time-step logits (Deng et al. 2022)")
+@click.option("--sync-bn", is_flag=True, help="SyncBatchNorm under torchrun (GPU only)")
+@click.option("--workers", default=2, type=click.IntRange(min=0), help="DataLoader workers (not Fashion-MNIST)")
 @click.option("--model", default="a2os2a_fmnist", show_default=True, help="registered model name (see `spikeformers models`)")
-@click.option("--data", default="fashion-mnist", show_default=True, help="dataset")
+@click.option("--data", default="fashion-mnist", show_default=True, type=click.Choice(DATASETS), help="dataset")
 @click.option("--data-dir", default=None, help="dataset folder (default: $SPIKEFORMERS_DATA or the system copy)")
 @click.option("--epochs", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1))
@@ -47,18 +82,33 @@ def main():
 @click.option("--max-steps", default=None, type=click.IntRange(min=1), help="stop after N optimizer steps")
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="torch CPU threads (default: all cores)")
 @click.option("--model-kwargs", default=None, help='JSON of extra model kwargs, e.g. \'{"embed_dim": 256}\'')
-def train(model, data, data_dir, epochs, batch_size, lr, weight_decay, warmup_epochs, label_smoothing,
-          T, seed, out, resume, max_steps, threads, model_kwargs):
-    """Train a model (default: A²OS²A on Fashion-MNIST) and write checkpoints and a metrics log."""
+def train(config_file, set_items, threads, **opts):
+    """Train a model (default: A²OS²A on Fashion-MNIST) and write checkpoints and a metrics log.
+
+    Options come from, in increasing priority: the defaults, --config FILE, options given on the
+    command line, --set KEY=VALUE. Under `torchrun --nproc_per_node N -m spikeformers train ...`
+    it trains with DistributedDataParallel."""
     import torch
+    from click.core import ParameterSource
     from .train import TrainConfig, fit
     if threads:
         torch.set_num_threads(threads)
-    cfg = TrainConfig(model=model, data=data, data_dir=data_dir, epochs=epochs, batch_size=batch_size, lr=lr,
-                      weight_decay=weight_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
-                      T=T, seed=seed, out=out or f"runs/{model}", resume=resume, max_steps=max_steps,
-                      model_kwargs=json.loads(model_kwargs) if model_kwargs else {})
+    ctx = click.get_current_context()
+    d = {k: v for k, v in opts.items() if v is not None or k in ("out", "T", "max_steps", "data_dir")}
+    if config_file:
+        d.update(load_config_file(config_file))
+    for k, v in opts.items():
+        if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE:
+            d[k] = v
+    d.update(_parse_sets(set_items))
+    if isinstance(d.get("model_kwargs"), str):
+        d["model_kwargs"] = json.loads(d["model_kwargs"])
+    d["model_kwargs"] = d.get("model_kwargs") or {}
+    d["out"] = d.get("out") or f"runs/{d['model']}"
+    cfg = TrainConfig.from_dict(d)
     m = fit(cfg)
+    if not m:  # a non-zero rank under torchrun
+        return
     click.echo(f"done: best test accuracy {m['best_test_acc']:.2f} % in {m['wall_s'] / 60:.1f} min; "
                f"checkpoints in {cfg.out}/ (best.safetensors, last.safetensors), log {cfg.out}/metrics.jsonl")
 
@@ -112,6 +162,33 @@ def models(pattern, params, markdown):
                 n = sum(p.numel() for p in create_model(name).parameters())
             line += f" params={n:>12,}"
         click.echo(line)
+
+
+@main.group()
+def data():
+    """Inspect datasets in their on-disk formats."""
+
+
+@data.command("check")
+@click.option("--data", "name", required=True, type=click.Choice(DATASETS), help="dataset")
+@click.option("--data-dir", default=None, help="dataset folder")
+@click.option("--T", "T", default=None, type=click.IntRange(min=1), help="event data: frames per sample (default 16)")
+@click.option("--split-by", default="number", type=click.Choice(["number", "time"]), help="event data: frame split")
+def data_check(name, data_dir, T, split_by):
+    """Print the number of train and test samples, the classes and one sample's tensor shape."""
+    from .data import build_dataset
+    kw = {}
+    if name in ("dvs128-gesture", "cifar10-dvs"):
+        kw = {"T": T or 16, "split_by": split_by, "progress": True}
+    train_ds = build_dataset(name, data_dir, True, **kw)
+    test_ds = build_dataset(name, data_dir, False, **kw)
+    x, y = train_ds[0]
+    info = train_ds.info
+    classes = list(info.classes)
+    click.echo(f"{name} in {data_dir}: {len(train_ds)} train / {len(test_ds)} test samples")
+    click.echo(f"{info.num_classes} classes: {', '.join(map(str, classes[:20]))}{' ...' if len(classes) > 20 else ''}")
+    click.echo(f"sample 0: tensor {list(x.shape)} {str(x.dtype).replace('torch.', '')}, label {y}"
+               + (f" ({classes[y]})" if y < len(classes) else ""))
 
 
 @main.command()

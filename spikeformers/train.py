@@ -1,9 +1,19 @@
-"""The training and evaluation engine: AdamW, warm-up + cosine schedule, label smoothing,
-augmentation, seeded runs, a progress bar, a JSON-lines metrics log, atomic best/last checkpoints
-and ``resume`` of a killed run from its last checkpoint."""
+"""The training and evaluation engine: AdamW / LAMB, warm-up + cosine schedule, label smoothing,
+mixup / cutmix, TET loss, gradient accumulation, bf16 autocast, seeded runs, a progress bar, a
+JSON-lines metrics log, atomic best/last checkpoints and ``resume`` of a killed run from its last
+checkpoint.
+
+Multi-process: under ``torchrun --nproc_per_node N -m spikeformers train ...`` (``WORLD_SIZE`` > 1)
+the model is wrapped in DistributedDataParallel (NCCL on GPU, gloo on CPU), every rank reads its
+own shard of each global batch, and rank 0 alone logs, evaluates and writes checkpoints. The
+global batch is ``batch_size x world size x accum_steps``; rank r of step s reads block r of the
+same global permutation, so N processes with batch B see exactly the micro-batches one process
+with ``accum_steps = N`` sees (see :class:`~spikeformers.distributed.BlockShardSampler`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -18,9 +28,13 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (CheckpointError, load_train_state, load_weights, read_checkpoint,
                          save_checkpoint, save_train_state)
+from . import distributed as dist_utils
 from .data import InMemoryLoader, load_fashion_mnist
 from .data import fashion_mnist as fmnist
+from .data.mixup import Mixup
+from .losses import classification_loss, tet_loss
 from .models import create_model
+from .optim import build_optimizer
 
 __all__ = ["TrainConfig", "fit", "evaluate", "build_data", "TrainingError"]
 
@@ -49,6 +63,41 @@ class TrainConfig:
     resume: bool = False
     max_steps: int | None = None  # stop after this many optimizer steps (smoke runs)
     model_kwargs: dict = field(default_factory=dict)
+    # --- optimizer and schedule (paper recipes, configs/*.yaml) ---
+    optimizer: str = "adamw"     # adamw | lamb | sgd | adam
+    max_grad_norm: float | None = None  # LAMB's global-norm clip (timm default 1.0); None = off
+    warmup_lr: float = 0.0       # warm-up starts here
+    cooldown_epochs: int = 0     # epochs at min_lr after the cosine (included in `epochs`)
+    sched_per: str = "step"      # "step" (per-iteration cosine) | "epoch" (timm: once per epoch)
+    accum_steps: int = 1         # gradient accumulation: optimizer step every N micro-batches
+    precision: str = "fp32"      # fp32 | bf16 (autocast on CPU and GPU)
+    tet: bool = False            # TET loss on per-time-step logits (model built with tet=True)
+    tet_means: float = 1.0
+    tet_lamb: float = 0.001
+    mixup: float = 0.0           # mixup alpha (0 = off)
+    cutmix: float = 0.0          # cutmix alpha (0 = off)
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_off_epoch: int | None = None  # no mixup/cutmix from this epoch on
+    # --- data pipeline (spikeformers.data.build_dataset options) ---
+    img_size: int | None = None  # None: the dataset's own size
+    in_chans: int | None = None  # event data: 2 (ON/OFF) or 3 (ON/OFF/sum)
+    crop: str | None = None      # rrc | pad | none (default per dataset)
+    scale: list | None = None
+    ratio: list | None = None
+    hflip: float | None = None
+    crop_pct: float | None = None
+    interpolation: str | None = None
+    randaugment: str | None = None   # e.g. "rand-m9-n1-mstd0.4-inc1"
+    random_erasing: float = 0.0
+    random_erasing_mode: str = "const"
+    mean: list | None = None
+    std: list | None = None
+    split_by: str = "number"     # event frames: "number" | "time"
+    event_aug: str | None = None  # flip | roll | wide | flip+wide | flip+roll
+    cache_dir: str | None = None
+    workers: int = 2             # DataLoader worker processes (non-Fashion-MNIST data)
+    sync_bn: bool = False        # SyncBatchNorm across processes (GPU only)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -65,17 +114,104 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_data(cfg: TrainConfig):
+_DATA_KEYS = ("img_size", "in_chans", "crop", "scale", "ratio", "hflip", "crop_pct", "interpolation",
+              "randaugment", "random_erasing", "random_erasing_mode", "mean", "std", "split_by",
+              "event_aug", "cache_dir")
+_IMAGE_ONLY = ("crop", "scale", "ratio", "hflip", "crop_pct", "interpolation", "randaugment",
+               "random_erasing", "random_erasing_mode", "mean", "std", "padding")
+_EVENT_ONLY = ("split_by", "event_aug", "cache_dir", "in_chans", "T")
+
+
+def dataset_options(cfg: TrainConfig) -> dict:
+    """The ``build_dataset`` keyword arguments ``cfg`` sets for its dataset."""
+    events = cfg.data in ("dvs128-gesture", "cifar10-dvs")
+    kw = {k: getattr(cfg, k) for k in _DATA_KEYS if getattr(cfg, k) is not None}
+    kw = {k: v for k, v in kw.items() if not (events and k in _IMAGE_ONLY) and (events or k not in _EVENT_ONLY)}
+    if events and cfg.T is not None:
+        kw["T"] = cfg.T
+    if not events and cfg.crop == "pad":
+        kw["padding"] = cfg.padding
+    return kw
+
+
+def build_data(cfg: TrainConfig, rank: int = 0, world_size: int = 1):
     """``(train_loader, test_loader, info)`` for ``cfg.data``; ``info`` has num_classes, in_chans,
-    img_size."""
-    if cfg.data != "fashion-mnist":
-        raise ValueError(f"unknown dataset {cfg.data!r}; expected 'fashion-mnist'")
+    img_size (and T for event data). Under several processes the train loader yields this rank's
+    shard of every global batch; the test loader is complete (rank 0 evaluates)."""
+    if cfg.data != "fashion-mnist" or world_size > 1:
+        return _build_generic_data(cfg, rank, world_size)
     xtr, ytr = load_fashion_mnist("train", cfg.data_dir)
     xte, yte = load_fashion_mnist("test", cfg.data_dir)
     train = InMemoryLoader(xtr, ytr, cfg.batch_size, fmnist.MEAN, fmnist.STD, train=True,
                            padding=cfg.padding, flip=cfg.flip, seed=cfg.seed, drop_last=True)
     test = InMemoryLoader(xte, yte, max(cfg.batch_size, 256), fmnist.MEAN, fmnist.STD)
     return train, test, {"num_classes": 10, "in_chans": 1, "img_size": 28, "classes": list(fmnist.CLASSES)}
+
+
+class _Loader:
+    """A DataLoader with the ``set_epoch`` / ``num_samples`` interface of :class:`InMemoryLoader`."""
+
+    def __init__(self, dataset, batch_size: int, train: bool, workers: int, seed: int, rank: int,
+                 world_size: int, accum_steps: int = 1):
+        from torch.utils.data import DataLoader
+
+        self.dataset = dataset
+        self.sampler = (dist_utils.BlockShardSampler(len(dataset), batch_size, rank, world_size, seed,
+                                                      shuffle=True, group=accum_steps) if train else None)
+        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, shuffle=False,
+                                 num_workers=workers, drop_last=train, persistent_workers=workers > 0,
+                                 pin_memory=torch.cuda.is_available())
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.loader) * self.loader.batch_size if self.sampler is not None else len(self.dataset)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+def _build_generic_data(cfg: TrainConfig, rank: int, world_size: int):
+    from .data import build_dataset
+
+    kw = dataset_options(cfg)
+    if cfg.data == "fashion-mnist":
+        kw = {"padding": cfg.padding, "flip": cfg.flip}
+    train_ds = build_dataset(cfg.data, cfg.data_dir, True, progress=rank == 0, **kw) \
+        if cfg.data in ("dvs128-gesture", "cifar10-dvs") else build_dataset(cfg.data, cfg.data_dir, True, **kw)
+    test_ds = build_dataset(cfg.data, cfg.data_dir, False, **kw)
+    info = train_ds.info
+    train = _Loader(train_ds, cfg.batch_size, True, cfg.workers, cfg.seed, rank, world_size, cfg.accum_steps)
+    test = _Loader(test_ds, max(cfg.batch_size, 64), False, cfg.workers, cfg.seed, 0, 1)
+    out = {"num_classes": info.num_classes, "in_chans": info.in_chans, "img_size": info.img_size,
+           "classes": list(info.classes)}
+    if info.T is not None:
+        out["T"] = info.T
+    return train, test, out
+
+
+def lr_schedule(cfg: TrainConfig, step: int, steps_per_epoch: int, total: int) -> float:
+    """Warm-up from ``warmup_lr`` then cosine to ``min_lr``, held for ``cooldown_epochs``.
+    ``sched_per='epoch'`` evaluates it at whole epochs (timm's per-epoch stepping)."""
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    cosine_end = max(1, total - cfg.cooldown_epochs * steps_per_epoch)
+    if cfg.sched_per == "epoch":
+        e = step // max(steps_per_epoch, 1)
+        step, warmup = e * steps_per_epoch, int(round(cfg.warmup_epochs)) * steps_per_epoch
+        if step < warmup:
+            return cfg.warmup_lr + (cfg.lr - cfg.warmup_lr) * step / warmup
+        # timm CosineLRScheduler (warmup_prefix=False): the warm-up overlays the cosine's start
+        p = min(1.0, step / cosine_end)
+        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * p))
+    elif step < warmup and cfg.warmup_lr > 0:
+        return cfg.warmup_lr + (cfg.lr - cfg.warmup_lr) * step / warmup
+    return lr_at(step, cosine_end, warmup, cfg.lr, cfg.min_lr)
 
 
 def lr_at(step: int, total: int, warmup: int, base: float, min_lr: float) -> float:
@@ -92,8 +228,12 @@ def evaluate(model: torch.nn.Module, loader, desc: str = "eval", progress: bool 
     model.eval()
     n, loss_sum, correct, t0 = 0, 0.0, 0, time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
+    device = next(model.parameters()).device
     for x, y in bar:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
+        if logits.ndim == 3:  # TET models return per-time-step logits [T, B, K]
+            logits = logits.mean(0)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(-1) == y).sum().item()
         n += len(y)
@@ -112,24 +252,39 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train ``cfg.model`` on ``cfg.data``; returns the final metrics. Writes into ``cfg.out``:
     ``metrics.jsonl``, ``last.safetensors`` / ``best.safetensors`` (+ ``.json`` sidecars) and
     ``last.state.pt`` (optimizer, schedule position and RNG, for ``resume``)."""
+    _check_config(cfg)
+    ctx = dist_utils.init_distributed()
+    progress = progress and ctx.is_main
     seed_everything(cfg.seed)
     out = Path(cfg.out)
-    train_loader, test_loader, info = build_data(cfg)
+    if ctx.enabled and not ctx.is_main:  # rank 0 builds any on-disk cache first
+        dist_utils.barrier(ctx)
+    train_loader, test_loader, info = build_data(cfg, ctx.rank, ctx.world_size)
+    if ctx.enabled and ctx.is_main:
+        dist_utils.barrier(ctx)
     overrides = {"num_classes": info["num_classes"], "in_chans": info["in_chans"],
                  "img_size": info["img_size"], **cfg.model_kwargs}
     if cfg.T is not None:
         overrides["T"] = cfg.T
-    model = create_model(cfg.model, **overrides)
+    if cfg.tet:
+        overrides["tet"] = True
+    model = create_model(cfg.model, **overrides).to(ctx.device)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)  # no decay on BN, biases, PLIF w
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    steps_per_epoch = len(train_loader)
+    opt = build_optimizer(cfg.optimizer, [{"params": decay, "weight_decay": cfg.weight_decay},
+                                          {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+                          weight_decay=cfg.weight_decay,
+                          **({"max_grad_norm": cfg.max_grad_norm} if cfg.optimizer == "lamb" else {}))
+    steps_per_epoch = len(train_loader) // cfg.accum_steps
     total = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    mixer = None
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixer = Mixup(info["num_classes"], cfg.mixup, cfg.cutmix, cfg.mixup_prob, cfg.mixup_switch_prob,
+                      cfg.label_smoothing)
+    autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
 
     start_epoch, step, best_acc = 0, 0, -1.0
     state_path = out / "last.state.pt"
@@ -142,6 +297,7 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
                                     f"this run asks for {key}={getattr(cfg, key)!r}. Use the same options or a new --out.")
         weights, _ = read_checkpoint(out / "last.safetensors")
         load_weights(model, weights, source=str(out / "last.safetensors"))
+        model.to(ctx.device)
         opt.load_state_dict(st["optimizer"])
         start_epoch, step, best_acc = st["epoch"] + 1, st["step"], st["best_acc"]
         torch.set_rng_state(st["torch_rng"])
@@ -149,44 +305,77 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
             print(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs} (step {step}, best {best_acc:.2f} %)")
     elif cfg.resume and progress:
         print(f"--resume: no checkpoint in {out} yet, starting from scratch")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    net = model  # what the loop calls; `model` stays the bare module (eval, checkpoints)
+    if ctx.enabled:
+        if cfg.sync_bn:
+            if ctx.device.type != "cuda":
+                raise TrainingError("sync_bn needs GPUs: torch's SyncBatchNorm has no CPU kernel. "
+                                    "Expected a CUDA run, or drop --sync-bn / sync_bn on CPU.")
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
 
     n_params = sum(p.numel() for p in model.parameters())
     if progress and start_epoch == 0:
+        n_test = len(test_loader.labels) if hasattr(test_loader, "labels") else test_loader.num_samples
         print(f"model {cfg.model}: {n_params:,} parameters, T={model.T}; data {cfg.data}: "
-              f"{train_loader.num_samples} train / {len(test_loader.labels)} test; {cfg.epochs} epochs, "
-              f"batch {cfg.batch_size}, {torch.get_num_threads()} threads")
+              f"{train_loader.num_samples * ctx.world_size} train / {n_test} test; {cfg.epochs} epochs, "
+              f"batch {cfg.batch_size} x {ctx.world_size} process(es) x {cfg.accum_steps} accumulation, "
+              f"{cfg.optimizer}, {cfg.precision}, {torch.get_num_threads()} threads, device {ctx.device}")
     metrics = {}
     t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         if step >= total:
             break
-        model.train()
+        net.train()
         train_loader.set_epoch(epoch)
+        if mixer is not None:
+            mixer.enabled = cfg.mixup_off_epoch is None or epoch < cfg.mixup_off_epoch
         seen, loss_sum, correct, t0 = 0, 0.0, 0, time.perf_counter()
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
                    dynamic_ncols=True, mininterval=1.0)
+        micro = 0
+        opt.zero_grad(set_to_none=True)
         for x, y in bar:
-            lr = lr_at(step, total, warmup, cfg.lr, cfg.min_lr)
+            lr = lr_schedule(cfg, step, steps_per_epoch, cfg.epochs * steps_per_epoch)
             for g in opt.param_groups:
                 g["lr"] = lr
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            _check_logits(logits, y, step, lr, loss)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
+            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+            target = y
+            if mixer is not None:
+                x, target = mixer(x, y)
+            last_micro = (micro + 1) % cfg.accum_steps == 0
+            sync = contextlib.nullcontext() if last_micro or not ctx.enabled else net.no_sync()
+            with sync:
+                with torch.autocast(ctx.device.type, dtype=autocast_dtype or torch.float32,
+                                    enabled=autocast_dtype is not None):
+                    logits = net(x)
+                loss = compute_loss(cfg, logits.float(), target)
+                _check_logits(logits, y, step, lr, loss)
+                (loss / cfg.accum_steps).backward()
+            micro += 1
+            if logits.ndim == 3:
+                logits = logits.mean(0)
             seen += len(y)
             loss_sum += loss.item() * len(y)
             correct += (logits.detach().argmax(-1) == y).sum().item()
+            if not last_micro:
+                continue
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
                             img_s=f"{seen / (time.perf_counter() - t0):.0f}", lr=f"{lr:.2e}", refresh=False)
             if step >= total:
                 break
         bar.close()
         train_time = time.perf_counter() - t0
+        if not ctx.is_main:  # rank 0 evaluates, logs and writes checkpoints
+            dist_utils.barrier(ctx)
+            continue
         ev = evaluate(model, test_loader, desc="test", progress=progress)
         metrics = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
                    "train_acc": 100 * correct / max(seen, 1), "test_loss": ev["loss"], "test_acc": ev["acc"],
@@ -202,10 +391,33 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
         save_train_state(state_path, {"optimizer": opt.state_dict(), "epoch": epoch, "step": step,
                                       "best_acc": best_acc, "torch_rng": torch.get_rng_state(),
                                       "config": asdict(cfg)})
+        dist_utils.barrier(ctx)
         if progress:
             print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {metrics['train_loss']:.4f} "
                   f"acc {metrics['train_acc']:.2f} % | test loss {ev['loss']:.4f} acc {ev['acc']:.2f} % "
                   f"(best {best_acc:.2f} %) | {metrics['train_img_s']:.0f} img/s")
+    dist_utils.cleanup(ctx)
+    if not ctx.is_main:
+        return {}
     metrics["best_test_acc"] = best_acc
     metrics["wall_s"] = time.perf_counter() - t_start
     return metrics
+
+
+def compute_loss(cfg: TrainConfig, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft-target CE after mixup, label-smoothed CE otherwise; TET over ``[T, B, K]`` logits."""
+    if logits.ndim == 3:
+        if not cfg.tet:
+            raise TrainingError(f"the model returned per-time-step logits {list(logits.shape)} but tet is off")
+        return tet_loss(logits, target, lambda o, t: classification_loss(o, t, cfg.label_smoothing),
+                        cfg.tet_means, cfg.tet_lamb)
+    return classification_loss(logits, target, cfg.label_smoothing)
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    if cfg.accum_steps < 1:
+        raise ValueError(f"accum_steps must be >= 1, got {cfg.accum_steps}")
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {cfg.precision!r}")
+    if cfg.sched_per not in ("step", "epoch"):
+        raise ValueError(f"sched_per must be 'step' or 'epoch', got {cfg.sched_per!r}")

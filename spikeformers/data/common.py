@@ -1,0 +1,70 @@
+"""Pieces shared by every dataset reader: the info record, the missing-data error, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .fashion_mnist import DatasetError
+
+__all__ = ["DatasetInfo", "DatasetNotFoundError", "atomic_savez", "natural_key"]
+
+
+@dataclass
+class DatasetInfo:
+    """What a model needs to know about a dataset.
+
+    ``T`` is set for event datasets (samples are ``[T, C, H, W]``) and is ``None`` for images
+    (samples are ``[C, H, W]``). ``img_size`` is the spatial size of one sample (``H == W``).
+    """
+
+    name: str
+    num_classes: int
+    in_chans: int
+    img_size: int
+    T: int | None = None
+    classes: Sequence[str] = field(default_factory=tuple)
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name, "num_classes": self.num_classes, "in_chans": self.in_chans,
+            "img_size": self.img_size, "T": self.T, "classes": list(self.classes),
+        }
+
+
+class DatasetNotFoundError(DatasetError):
+    """A dataset is not where ``--data-dir`` says; the message shows the layout expected."""
+
+    def __init__(self, name: str, data_dir: str | os.PathLike, layout: str, detail: str = ""):
+        msg = (f"{name} not found under {str(data_dir)!r}{': ' + detail if detail else ''}.\n"
+               f"Expected this layout (download it yourself; nothing is fetched):\n{layout.rstrip()}")
+        super().__init__(msg)
+
+
+def atomic_savez(path: str | os.PathLike, compressed: bool = True, **arrays: np.ndarray) -> None:
+    """Write ``arrays`` to ``path`` (.npz) so that a reader never sees a half-written file:
+    write to a temporary file in the same folder, then ``os.replace`` it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            (np.savez_compressed if compressed else np.savez)(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def natural_key(s: str):
+    """Sort key that orders ``file_2`` before ``file_10``."""
+    import re
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]

@@ -1,0 +1,117 @@
+"""Optimizers torch does not ship: LAMB.
+
+LAMB (You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes",
+ICLR 2020, Algorithm 2), per parameter tensor x with gradient g at step t::
+
+    m_t = b1 m_{t-1} + (1 - b1) g               v_t = b2 v_{t-1} + (1 - b2) g^2
+    m^  = m_t / (1 - b1^t)                       v^  = v_t / (1 - b2^t)       (bias correction)
+    u   = m^ / (sqrt(v^) + eps) + wd * x
+    x  <- x - lr * (||x|| / ||u||) * u           (trust ratio; 1 when either norm is 0)
+
+Like timm's ``Lamb`` (the optimizer the SDT recipes use): gradients are first clipped by their
+global norm across all parameters (``max_grad_norm``, default 1.0; None disables), and the trust
+ratio is only applied to parameters with weight decay unless ``always_adapt=True`` (parameters
+without decay - biases, norms - then take a plain Adam step).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim import Optimizer
+
+__all__ = ["Lamb", "build_optimizer", "param_groups_weight_decay"]
+
+
+class Lamb(Optimizer):
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6,
+                 weight_decay: float = 0.01, bias_correction: bool = True,
+                 max_grad_norm: float | None = 1.0, always_adapt: bool = False):
+        if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"invalid LAMB hyper-parameters lr={lr}, eps={eps}, betas={betas}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        bias_correction=bias_correction, always_adapt=always_adapt)
+        super().__init__(params, defaults)
+        self.max_grad_norm = max_grad_norm
+
+    @torch.no_grad()
+    def _clip_factor(self) -> float:
+        if self.max_grad_norm is None:
+            return 1.0
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return 1.0
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        return float(torch.clamp(norm / self.max_grad_norm, min=1.0).reciprocal())
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        clip = self._clip_factor()
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("Lamb does not support sparse gradients")
+                g = p.grad.float() * clip if clip != 1.0 else p.grad.float()
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+                state["step"] += 1
+                t = state["step"]
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                if group["bias_correction"]:
+                    bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+                else:
+                    bc1 = bc2 = 1.0
+                update = (m / bc1) / ((v / bc2).sqrt().add_(group["eps"]))
+                x = p.float()
+                wd = group["weight_decay"]
+                if wd != 0:
+                    update.add_(x, alpha=wd)
+                if wd != 0 or group["always_adapt"]:
+                    w_norm = torch.linalg.vector_norm(x)
+                    u_norm = torch.linalg.vector_norm(update)
+                    trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+                    update.mul_(trust)
+                p.copy_((x - group["lr"] * update).to(p.dtype))
+        return loss
+
+
+def param_groups_weight_decay(model: torch.nn.Module, weight_decay: float, no_decay_1d: bool = True):
+    """Two groups as timm builds them: no weight decay on 1-D parameters (biases, norms, scalars)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if no_decay_1d and (p.ndim <= 1 or name.endswith(".bias")) else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def build_optimizer(name: str, model_or_params, lr: float, weight_decay: float = 0.0, **kw) -> Optimizer:
+    """``adamw`` | ``lamb`` | ``sgd`` | ``adam``, with timm's no-decay-on-1-D-parameters groups
+    when given a module."""
+    params = (param_groups_weight_decay(model_or_params, weight_decay)
+              if isinstance(model_or_params, torch.nn.Module) else model_or_params)
+    name = name.lower()
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=kw.get("betas", (0.9, 0.999)),
+                                 eps=kw.get("eps", 1e-8))
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "lamb":
+        return Lamb(params, lr=lr, weight_decay=weight_decay, betas=kw.get("betas", (0.9, 0.999)),
+                    eps=kw.get("eps", 1e-6), max_grad_norm=kw.get("max_grad_norm", 1.0))
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=kw.get("momentum", 0.9))
+    raise ValueError(f"unknown optimizer {name!r}; expected adamw, adam, lamb or sgd")

@@ -1,0 +1,60 @@
+import math
+
+import pytest
+import torch
+
+from spikeformers.optim import Lamb, build_optimizer
+
+
+def test_lamb_single_step_by_hand():
+    # x = (3, 4), g = (1, -2), t = 1: m^ = g, v^ = g^2, so r = g / |g| = (1, -1) (eps = 0)
+    # u = r + 0.1 x = (1.3, -0.6); trust = ||x|| / ||u|| = 5 / sqrt(2.05); x -= 0.01 * trust * u
+    x = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    opt = Lamb([x], lr=0.01, eps=0.0, weight_decay=0.1, max_grad_norm=None)
+    x.grad = torch.tensor([1.0, -2.0])
+    opt.step()
+    trust = 5 / math.sqrt(2.05)
+    assert x.tolist() == pytest.approx([3 - 0.01 * trust * 1.3, 4 + 0.01 * trust * 0.6], rel=1e-6)
+
+
+def test_lamb_second_step_and_no_decay_is_adam():
+    b1, b2 = 0.9, 0.999
+    g1, g2 = torch.tensor([0.5, 1.0]), torch.tensor([-1.0, 2.0])
+    x = torch.nn.Parameter(torch.tensor([1.0, -1.0]))
+    opt = Lamb([x], lr=0.1, eps=1e-6, weight_decay=0.0, max_grad_norm=None)
+    x.grad = g1.clone(); opt.step()
+    x.grad = g2.clone(); opt.step()
+    m = (1 - b1) * b1 * g1 + (1 - b1) * g2
+    v = (1 - b2) * b2 * g1 ** 2 + (1 - b2) * g2 ** 2
+    r1 = g1 / (g1.abs() + 1e-6)
+    r2 = (m / (1 - b1 ** 2)) / ((v / (1 - b2 ** 2)).sqrt() + 1e-6)
+    want = torch.tensor([1.0, -1.0]) - 0.1 * r1 - 0.1 * r2
+    assert torch.allclose(x.detach(), want, atol=1e-6)
+
+
+def test_lamb_global_grad_clipping_matches_manual_clip():
+    torch.manual_seed(0)
+    a0, b0 = torch.randn(3, 3), torch.randn(3)
+    grads = [(torch.randn(3, 3) * 5, torch.randn(3) * 5), (torch.randn(3, 3) * 0.1, torch.randn(3) * 0.1)]
+
+    def run(clip_inside):
+        a, b = torch.nn.Parameter(a0.clone()), torch.nn.Parameter(b0.clone())
+        opt = Lamb([a, b], lr=0.05, weight_decay=0.01, max_grad_norm=1.0 if clip_inside else None)
+        for ga, gb in grads:
+            n = torch.sqrt((ga ** 2).sum() + (gb ** 2).sum())
+            s = 1.0 if clip_inside else min(1.0, 1.0 / float(n))
+            a.grad, b.grad = ga * s, gb * s
+            opt.step()
+        return a.detach(), b.detach()
+
+    for p, q in zip(run(True), run(False)):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_build_optimizer_groups():
+    m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    opt = build_optimizer("lamb", m, lr=1e-3, weight_decay=0.05)
+    wds = sorted(g["weight_decay"] for g in opt.param_groups)
+    assert wds == [0.0, 0.05] and sum(len(g["params"]) for g in opt.param_groups) == 4
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        build_optimizer("adagrad9", m, lr=1)
