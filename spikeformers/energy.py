@@ -1,0 +1,812 @@
+"""Firing rates, synaptic operations, the MAC/AC split, energy, and the addition-only audit.
+
+How it measures
+---------------
+:class:`EnergyRecorder` runs a model forward under a ``TorchDispatchMode`` and sees every aten op,
+including the products inside attention that no module hook would see. Module forward pre/post
+hooks keep a stack of module names, so every op is attributed to the innermost module that ran it.
+For each **product** it records:
+
+===========  ==========================================  ==========================================
+op           aten ops                                    dense FLOPs (MACs of the ANN equivalent)
+===========  ==========================================  ==========================================
+``conv``     ``convolution``                             out.numel * (C_in / groups) * prod(kernel)
+``linear``   ``mm`` / ``addmm`` / ``bmm`` with a weight  rows * in * out
+``matmul``   ``mm`` / ``bmm`` / ``baddbmm`` of two       batch * n * k * m
+             activations
+``mul``      elementwise ``mul`` / ``div`` / ``addcmul``  out.numel
+             of two activations
+``scale``    ``mul`` / ``div`` by a constant             out.numel (never costs energy, see below)
+``sdpa``     ``scaled_dot_product_attention``            2 * B * h * N_q * N_k * d
+===========  ==========================================  ==========================================
+
+together with the layer name, the output shape, and for each *activation* operand its value domain
+and firing rate (fraction of non-zero entries). Statistics merge over every batch seen: counts add
+(so a rate is total non-zeros / total entries, i.e. the per-element average over all images) and the
+least restrictive domain wins.
+
+* **Activations vs constants.** A tensor is an *activation* if it derives from the model input
+  (the recorder tags the input and every op output computed from a tagged tensor). Parameters,
+  buffers and tensors computed only from them, Python numbers and 0-dim tensors are *constants*. A
+  product of an activation with a constant of the same shape as a weight is a ``linear``/``conv``; a
+  product with any other constant (``x * 0.125``, a per-head buffer scale such as SpikingResformer's
+  ``1/sqrt(r d)``) is a ``scale``: it folds into the following BatchNorm / neuron threshold, so it
+  costs nothing in either accounting and is not a multiplication of two activations for the audit.
+* **Neuron internals are not synaptic operations.** Ops executed inside a spiking neuron module
+  (``LIF`` charge/reset, the ternary neuron's reset, ...) are not recorded; BatchNorm in eval is a
+  per-channel affine that folds into the preceding conv and is not recorded either. Neuron *outputs*
+  are hooked separately for the per-layer firing-rate plot.
+* **Value domains**, from the values actually seen: ``binary`` {0,1}, ``ternary`` {-1,0,1},
+  ``integer`` (non-negative integers, e.g. a sum of spike tensors), ``signed-integer``, ``real``.
+  ``binary`` and ``ternary`` are *spike* domains. An all-zero tensor is binary.
+* **How T enters.** Inside the models convs/linears run on merged ``[T*B, ...]`` tensors, so the
+  recorded FLOPs of one batch already hold every time step of every image: ``FLOPs / images`` is
+  ``T x`` the per-step FLOPs of the papers, and ``SOP = rate x FLOPs / images`` equals the papers'
+  ``fr x T x FLOPs`` with ``fr`` the average rate over time steps. An op that runs on a
+  T-averaged tensor (e.g. a classifier after ``mean`` over T) ran once per image and counts once: we
+  count the operations the forward pass performs.
+* **Rate of a product.** For a conv/linear: the rate of its input. For a product of two
+  activations: the rate of the sparser spike operand (Spikingformer's ``min(fr_K, fr_V)`` rule),
+  or, with no spike operand, of the sparser operand. ``SOPs = rate x FLOPs`` per image.
+
+Accountings (E_MAC = 4.6 pJ, E_AC = 0.9 pJ, 45 nm)
+---------------------------------------------------
+``paper``
+    The accounting of the model's own paper, chosen by ``model.family`` (:data:`PAPER_RULES`).
+    Common formula (Spikformer, SDT, QKFormer, A²OS²A): the first layer (first conv/linear executed)
+    is MAC, counted once per image when its input is the same at every time step (a static image
+    repeated T times: ``E_MAC x FL1``, as the papers write it) and at every step otherwise;
+    every other product is AC with ``SOP = rate x FLOPs``, whatever the operand domains (so
+    Spikformer's integer residual stream counts as spikes, as its paper does). SDT's paper counts its
+    mask products (an elementwise product with a binary operand) as free. SpikingResformer:
+    ``E = E_AC x SOPs`` with the stem (first layer) and the classifier excluded.
+``strict``
+    One rule for every model, the Spikingformer energy tool's (spec §5.3): a product is an
+    accumulate only if one of its two operands is a spike tensor (binary or ternary). For a conv or
+    linear the other operand is a real weight, so this means its input; for a product of two
+    activations one spike operand suffices (a spike gates or signs the other operand: Spikingformer
+    counts ``Q (K^T V)`` with integer ``K^T V`` as AC the same way). Such an op counts
+    ``rate x FLOPs`` ACs; any other product counts all its FLOPs as MACs, as executed (the first
+    layer T times). Nothing is excluded.
+
+``sops`` in the totals is accounting-independent: ``sum(rate x FLOPs)`` over every recorded product
+except ``scale`` ops, whatever the domains, per image.
+
+Elementwise products with a spike operand (masks) count as ``rate x numel`` ACs (one gated
+accumulate per non-zero spike) in ``strict`` and ``paper``, except where the paper declares masks
+free (SDT).
+
+The addition-only audit
+-----------------------
+:func:`audit` lists every product whose two operands are both non-spike: a conv/linear whose input
+is integer or real (its weight is real), or a product of two non-spike activations; apart from the
+first layer (the analog image encoding) and the classifier (the last conv/linear executed), and
+``scale`` ops. Integer operands are reported as ``integer``, never as binary.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import weakref
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from . import neurons as _neurons
+
+__all__ = [
+    "E_MAC_PJ", "E_AC_PJ", "ACCOUNTINGS", "PAPER_RULES", "PaperRule", "OperandStats", "OpRecord",
+    "NeuronRecord", "EnergyRecorder", "EnergyReport", "AuditFinding", "measure", "audit",
+    "capture_attention", "plot_firing_rates", "plot_attention",
+]
+
+E_MAC_PJ = 4.6  # pJ per multiply-accumulate, 45 nm (Horowitz, ISSCC 2014)
+E_AC_PJ = 0.9   # pJ per accumulate, 45 nm
+ACCOUNTINGS = ("paper", "strict")
+SPIKE_DOMAINS = ("binary", "ternary")
+
+aten = torch.ops.aten
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class OperandStats:
+    """Running statistics of one activation operand, merged over batches."""
+
+    numel: int = 0
+    nonzero: int = 0
+    is_integer: bool = True
+    vmin: float = math.inf
+    vmax: float = -math.inf
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> "OperandStats":
+        x = x.detach()
+        if x.numel() == 0:
+            return cls()
+        if not x.is_floating_point():
+            xf, is_int = x.to(torch.float32), True
+        else:
+            xf = x
+            is_int = bool(torch.isfinite(xf).all()) and bool(torch.equal(xf, torch.round(xf)))
+        return cls(numel=x.numel(), nonzero=int(torch.count_nonzero(xf)), is_integer=is_int,
+                   vmin=float(xf.min()), vmax=float(xf.max()))
+
+    def merge(self, other: "OperandStats") -> None:
+        self.numel += other.numel
+        self.nonzero += other.nonzero
+        self.is_integer = self.is_integer and other.is_integer
+        self.vmin = min(self.vmin, other.vmin)
+        self.vmax = max(self.vmax, other.vmax)
+
+    @property
+    def rate(self) -> float:
+        """Fraction of non-zero entries (the firing rate of a spike tensor)."""
+        return self.nonzero / self.numel if self.numel else 0.0
+
+    @property
+    def domain(self) -> str:
+        if self.numel == 0:
+            return "binary"
+        if self.is_integer:
+            if self.vmin >= 0 and self.vmax <= 1:
+                return "binary"
+            if self.vmin >= -1 and self.vmax <= 1:
+                return "ternary"
+            return "integer" if self.vmin >= 0 else "signed-integer"
+        return "real"
+
+    @property
+    def is_spike(self) -> bool:
+        return self.domain in SPIKE_DOMAINS
+
+
+@dataclass
+class OpRecord:
+    """One product of the forward pass, merged over every batch seen."""
+
+    name: str            # layer name: module path, plus ":<op><i>" for ops that are not the module's own
+    module: str          # module path that ran it ("" = the model itself)
+    op: str              # conv | linear | matmul | mul | scale | sdpa
+    aten: str            # the aten op seen
+    out_shape: tuple     # output shape of the first batch
+    order: int           # execution order of its first occurrence
+    flops: int = 0       # dense MACs summed over every batch
+    calls: int = 0
+    operands: list = field(default_factory=list)   # OperandStats per activation operand
+    operand_shapes: list = field(default_factory=list)  # their shapes in the first batch
+    time_repeated: bool | None = None              # input equal at every time step (conv/linear only)
+
+    @property
+    def domains(self) -> list[str]:
+        d = [o.domain for o in self.operands]
+        if self.op in ("conv", "linear"):
+            d = d + ["weight"]
+        return d
+
+    @property
+    def spike_operands(self) -> list[OperandStats]:
+        return [o for o in self.operands if o.is_spike]
+
+    @property
+    def has_spike_operand(self) -> bool:
+        return bool(self.spike_operands)
+
+    @property
+    def rate(self) -> float:
+        """Rate that drives this product's SOPs: the sparser spike operand, else the sparser one."""
+        ops = self.spike_operands or self.operands
+        return min(o.rate for o in ops) if ops else 0.0
+
+
+@dataclass
+class NeuronRecord:
+    name: str
+    kind: str            # class name of the neuron
+    order: int
+    stats: OperandStats = field(default_factory=OperandStats)
+
+    @property
+    def rate(self) -> float:
+        return self.stats.rate
+
+    @property
+    def domain(self) -> str:
+        return self.stats.domain
+
+
+@dataclass(frozen=True)
+class PaperRule:
+    """How one paper counts energy (see the module docstring)."""
+
+    description: str
+    first_layer: str = "mac"        # "mac": E_MAC x FLOPs (once per image if the input repeats over T); "exclude"
+    classifier: str = "ac"          # "ac": rate x FLOPs ACs like every other layer; "exclude"
+    masks_free: bool = False        # elementwise products with a binary operand cost nothing
+
+
+_COMMON = PaperRule("E_MAC x FL(first layer) + E_AC x sum(rate x FLOPs) over every other product "
+                    "(Spikformer/SDT/QKFormer common formula, spec §5.1)")
+PAPER_RULES: dict[str, PaperRule] = {
+    "spikformer": _COMMON,
+    "qkformer": _COMMON,
+    "a2os2a": PaperRule(_COMMON.description + "; A²OS²A's own energy table is not available, "
+                        "its attention is counted as rate x FLOPs ACs (spec §1.3)"),
+    "sdt": PaperRule(_COMMON.description + "; SDSA mask products are free (SDT paper)", masks_free=True),
+    "spikingresformer": PaperRule("E_AC x SOPs, stem (first layer) and classifier excluded "
+                                  "(SpikingResformer code)", first_layer="exclude", classifier="exclude"),
+}
+PAPER_RULES["resformer"] = PAPER_RULES["spikingresformer"]
+GENERIC_RULE = PaperRule("family unknown: the common formula of spec §5.1, " + _COMMON.description)
+
+
+def paper_rule(family: str | None) -> PaperRule:
+    return PAPER_RULES.get(family or "", GENERIC_RULE)
+
+
+# ----------------------------------------------------------------------------------------------
+# The recorder
+# ----------------------------------------------------------------------------------------------
+def _is_neuron(m: nn.Module) -> bool:
+    return isinstance(m, (_neurons._BaseLIF, _neurons.Ternary, _neurons.ReLUNeuron)) or \
+        bool(getattr(m, "is_neuron", False))
+
+
+_MM = {aten.mm.default: (0, 1), aten.addmm.default: (1, 2), aten.bmm.default: (0, 1),
+       aten.baddbmm.default: (1, 2)}
+_MUL = {aten.mul.Tensor, aten.mul_.Tensor, aten.mul.Scalar, aten.mul_.Scalar,
+        aten.div.Tensor, aten.div_.Tensor, aten.div.Scalar, aten.div_.Scalar}
+_SDPA_NAMES = ("scaled_dot_product",)
+
+
+class _Mode(TorchDispatchMode):
+    def __init__(self, rec: "EnergyRecorder"):
+        super().__init__()
+        self.rec = rec
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        rec = self.rec
+        if rec._busy:  # the recorder's own statistics: not part of the model
+            return out
+        flat_in, _ = tree_flatten((args, kwargs))
+        active = any(isinstance(a, torch.Tensor) and rec._is_act(a) for a in flat_in)
+        if active:
+            for o in tree_flatten(out)[0]:
+                if isinstance(o, torch.Tensor):
+                    rec._mark(o)
+            if not rec._in_neuron():
+                rec._on_op(func, args, kwargs, out)
+        return out
+
+
+class EnergyRecorder:
+    """Context manager recording every product of ``model``'s forward passes (module docstring).
+
+    >>> with EnergyRecorder(model) as rec:
+    ...     for x in batches: model(x)
+    >>> report = rec.report()
+
+    ``T`` defaults to ``model.T``; it is only used to detect a first layer whose input repeats over
+    time (a static image). ``capture_attention=True`` also keeps, for the first image of the first
+    batch, the tensor passing through each attention's ``attn_map`` (or, failing that, the first
+    product of two activations inside each module named ``attn``), for :func:`plot_attention`.
+    """
+
+    def __init__(self, model: nn.Module, T: int | None = None, capture_attention: bool = False):
+        self.model = model
+        self.T = T if T is not None else getattr(model, "T", None)
+        self.capture = capture_attention
+        self.ops: dict[str, OpRecord] = {}
+        self.neurons: dict[str, NeuronRecord] = {}
+        self.attention: dict[str, torch.Tensor] = {}
+        self.images = 0
+        # id(tensor) -> weakref: a WeakSet would compare tensors with `==` (elementwise) on lookups
+        self._acts: dict[int, weakref.ref] = {}
+        self._stack: list[str] = []
+        self._neuron_depth = 0
+        self._ordinals: dict[tuple, int] = {}
+        self._handles = []
+        self._mode = None
+        self._batch_B = None
+        self._depth = 0
+        self._busy = False
+        self._leaf = {n for n, m in model.named_modules() if not any(True for _ in m.children())}
+        self._neuron_names = {n for n, m in model.named_modules() if _is_neuron(m)}
+
+    # -- activation provenance ---------------------------------------------------------------
+    def _is_act(self, t: torch.Tensor) -> bool:
+        r = self._acts.get(id(t))
+        return r is not None and r() is t
+
+    def _mark(self, t: torch.Tensor) -> None:
+        key = id(t)
+        r = self._acts.get(key)
+        if r is not None and r() is t:
+            return
+        acts = self._acts
+
+        def forget(ref, key=key, acts=acts):
+            if acts.get(key) is ref:
+                del acts[key]
+
+        try:
+            self._acts[key] = weakref.ref(t, forget)
+        except TypeError:
+            pass
+
+    def _in_neuron(self) -> bool:
+        return self._neuron_depth > 0
+
+    # -- hooks -------------------------------------------------------------------------------
+    def __enter__(self) -> "EnergyRecorder":
+        for name, m in self.model.named_modules():
+            self._handles.append(m.register_forward_pre_hook(self._pre(name, m), with_kwargs=True))
+            self._handles.append(m.register_forward_hook(self._post(name, m), always_call=True))
+        self._mode = _Mode(self)
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self._mode.__exit__(*exc)
+        finally:
+            for h in self._handles:
+                h.remove()
+            self._handles.clear()
+            self._stack.clear()
+            self._neuron_depth = 0
+            self._depth = 0
+        return False
+
+    def _pre(self, name: str, m: nn.Module):
+        is_neuron = name in self._neuron_names
+
+        def hook(mod, args, kwargs):
+            if mod is self.model:
+                self._depth += 1
+                if self._depth == 1:  # a new top-level forward: tag the input, count images
+                    xs = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
+                    if not xs:
+                        raise TypeError("EnergyRecorder: the model was called without a tensor input")
+                    for a in xs:
+                        self._mark(a)
+                    self._batch_B = int(xs[0].shape[0])
+                    self.images += self._batch_B
+                    self._ordinals.clear()
+            self._stack.append(name)
+            if is_neuron:
+                self._neuron_depth += 1
+            return None
+
+        return hook
+
+    def _post(self, name: str, m: nn.Module):
+        is_neuron = name in self._neuron_names
+        is_attn_map = name.rsplit(".", 1)[-1] == "attn_map"
+
+        def hook(mod, args, out):
+            if self._stack and self._stack[-1] == name:
+                self._stack.pop()
+            if is_neuron:
+                self._neuron_depth -= 1
+                if self._neuron_depth == 0 and isinstance(out, torch.Tensor):
+                    rec = self.neurons.get(name)
+                    if rec is None:
+                        rec = self.neurons[name] = NeuronRecord(name, type(mod).__name__, len(self.neurons))
+                    self._busy = True
+                    try:
+                        rec.stats.merge(OperandStats.of(out))
+                    finally:
+                        self._busy = False
+            if is_attn_map and self.capture and isinstance(out, torch.Tensor):
+                parent = name.rsplit(".", 1)[0] if "." in name else name
+                self._keep_attention(parent, out, override=True)
+            if mod is self.model:
+                self._depth -= 1
+            return None
+
+        return hook
+
+    # -- attention capture -------------------------------------------------------------------
+    def _keep_attention(self, key: str, t: torch.Tensor, override: bool = False) -> None:
+        if self.images != self._batch_B:       # first batch only
+            return
+        if key in self.attention and not override:
+            return
+        if override and getattr(self, "_attn_src", {}).get(key) == "attn_map":
+            return
+        self._attn_src = getattr(self, "_attn_src", {})
+        self._attn_src[key] = "attn_map" if override else "product"
+        busy, self._busy = self._busy, True
+        try:
+            self.attention[key] = self._first_image(t)
+        finally:
+            self._busy = busy
+
+    def _first_image(self, t: torch.Tensor) -> torch.Tensor:
+        """Slice image 0 out of a time-first [T,B,...] or merged [T*B*...] tensor -> [T, ...]."""
+        t = t.detach().float().cpu()
+        T, B = self.T, self._batch_B
+        if T and t.dim() >= 2 and t.shape[0] == T and t.shape[1] == B:
+            return t[:, 0].clone()
+        if T and t.shape[0] % (T * B) == 0:
+            return t.reshape(T, B, -1, *t.shape[1:])[:, 0].clone()
+        return t[:1].clone()
+
+    # -- op recording ------------------------------------------------------------------------
+    def _const(self, a) -> bool:
+        return not isinstance(a, torch.Tensor) or a.dim() == 0 or not self._is_act(a)
+
+    def _on_op(self, func, args, kwargs, out) -> None:
+        if func is aten.convolution.default:
+            x, w = args[0], args[1]
+            transposed, groups = bool(args[6]), int(args[8])
+            if transposed:
+                flops = x.numel() * (w.shape[1]) * math.prod(w.shape[2:])
+            else:
+                flops = out.numel() * (w.shape[1]) * math.prod(w.shape[2:])
+            operands = [x] + ([w] if self._is_act(w) else [])
+            self._record("conv" if len(operands) == 1 else "matmul", func, out, flops, operands)
+        elif func in _MM:
+            i, j = _MM[func]
+            a, b = args[i], args[j]
+            if a.dim() == 2:
+                flops = a.shape[0] * a.shape[1] * b.shape[1]
+            else:
+                flops = a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
+            acts = [t for t in (a, b) if self._is_act(t)]
+            if len(acts) == 2:
+                self._record("matmul", func, out, flops, acts)
+            elif len(acts) == 1:
+                self._record("linear", func, out, flops, acts)
+        elif func in _MUL or func is aten.addcmul.default:
+            pair = (args[1], args[2]) if func is aten.addcmul.default else (args[0], args[1])
+            acts = [t for t in pair if not self._const(t)]
+            ref = out if isinstance(out, torch.Tensor) else pair[0]
+            if len(acts) == 2:
+                self._record("mul", func, ref, ref.numel(), acts)
+            elif len(acts) == 1:
+                self._record("scale", func, ref, ref.numel(), acts)
+        elif any(s in str(func) for s in _SDPA_NAMES):
+            q, k = args[0], args[1]
+            flops = 2 * q.numel() * k.shape[-2]
+            self._record("sdpa", func, out[0] if isinstance(out, (tuple, list)) else out, flops,
+                         [t for t in (q, k) if self._is_act(t)])
+
+    def _record(self, op: str, func, out, flops: int, operands: list) -> None:
+        self._busy = True
+        try:
+            self._record_op(op, func, out, flops, operands)
+        finally:
+            self._busy = False
+
+    def _record_op(self, op: str, func, out, flops: int, operands: list) -> None:
+        module = self._stack[-1] if self._stack else ""
+        key = (module, op)
+        i = self._ordinals.get(key, 0)
+        self._ordinals[key] = i + 1
+        own = module in self._leaf and op in ("conv", "linear") and i == 0
+        name = module if own and module else f"{module or '(model)'}:{op}{i}"
+        rec = self.ops.get(name)
+        if rec is None:
+            rec = self.ops[name] = OpRecord(name=name, module=module, op=op, aten=str(func),
+                                            out_shape=tuple(out.shape), order=len(self.ops))
+        rec.flops += int(flops)
+        rec.calls += 1
+        stats = [OperandStats.of(t) for t in operands]
+        if not rec.operands:
+            rec.operands = stats
+            rec.operand_shapes = [tuple(t.shape) for t in operands]
+        else:
+            for r, s in zip(rec.operands, stats):
+                r.merge(s)
+        if op in ("conv", "linear"):
+            rep = self._time_repeated(operands[0])
+            rec.time_repeated = rep if rec.time_repeated is None else (rec.time_repeated and rep)
+        if self.capture and op in ("matmul", "mul", "sdpa") and module.rsplit(".", 1)[-1] == "attn":
+            self._keep_attention(module, out)
+
+    def _time_repeated(self, x: torch.Tensor) -> bool:
+        T, B = self.T, self._batch_B
+        if not T or T < 2 or not B or x.shape[0] != T * B:
+            return False
+        xt = x.reshape(T, B, *x.shape[1:])
+        return bool((xt == xt[:1]).all())
+
+    def report(self) -> "EnergyReport":
+        if self.images == 0:
+            raise RuntimeError("EnergyRecorder saw no forward pass: call the model inside the `with` block")
+        ops = sorted(self.ops.values(), key=lambda r: r.order)
+        neurons = sorted(self.neurons.values(), key=lambda r: r.order)
+        return EnergyReport(ops=ops, neurons=neurons, images=self.images, T=self.T,
+                            family=getattr(self.model, "family", None),
+                            model_name=getattr(self.model, "model_name", type(self.model).__name__))
+
+
+# ----------------------------------------------------------------------------------------------
+# Report, accountings, audit
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class AuditFinding:
+    name: str
+    op: str
+    domains: list[str]
+    flops_per_image: float
+    shapes: list = field(default_factory=list)
+
+    def __str__(self) -> str:
+        shapes = " x ".join(str(list(s)) for s in self.shapes)
+        return (f"{self.name} ({self.op}): {' x '.join(self.domains)}, {self.flops_per_image:,.0f} FLOPs/image"
+                + (f", operands {shapes}" if shapes else ""))
+
+
+@dataclass
+class EnergyReport:
+    ops: list[OpRecord]
+    neurons: list[NeuronRecord]
+    images: int
+    T: int | None
+    family: str | None = None
+    model_name: str | None = None
+
+    # -- roles -------------------------------------------------------------------------------
+    @property
+    def first_layer(self) -> OpRecord | None:
+        return next((r for r in self.ops if r.op in ("conv", "linear")), None)
+
+    @property
+    def classifier(self) -> OpRecord | None:
+        return next((r for r in reversed(self.ops) if r.op in ("conv", "linear")), None)
+
+    def role(self, r: OpRecord) -> str:
+        if r is self.first_layer:
+            return "first"
+        if r is self.classifier:
+            return "classifier"
+        return ""
+
+    # -- per-op accounting -------------------------------------------------------------------
+    def flops_per_image(self, r: OpRecord) -> float:
+        return r.flops / self.images
+
+    def sops(self, r: OpRecord) -> float:
+        return 0.0 if r.op == "scale" else r.rate * self.flops_per_image(r)
+
+    def classify(self, r: OpRecord, accounting: str) -> tuple[str, float, float]:
+        """(class, MACs/image, ACs/image) of one op; class is mac | ac | free | excluded."""
+        fl = self.flops_per_image(r)
+        if r.op == "scale":
+            return "free", 0.0, 0.0
+        if accounting == "strict":
+            if r.has_spike_operand:
+                return "ac", 0.0, r.rate * fl
+            return "mac", fl, 0.0
+        if accounting != "paper":
+            raise ValueError(f"unknown accounting {accounting!r}; expected one of {ACCOUNTINGS}")
+        rule = paper_rule(self.family)
+        role = self.role(r)
+        if role == "first":
+            if rule.first_layer == "exclude":
+                return "excluded", 0.0, 0.0
+            once = fl / self.T if (r.time_repeated and self.T) else fl
+            return "mac", once, 0.0
+        if role == "classifier" and rule.classifier == "exclude":
+            return "excluded", 0.0, 0.0
+        if rule.masks_free and r.op == "mul" and any(o.domain == "binary" for o in r.operands):
+            return "free", 0.0, 0.0
+        return "ac", 0.0, r.rate * fl
+
+    def totals(self, accounting: str) -> dict:
+        macs = acs = 0.0
+        for r in self.ops:
+            _, m, a = self.classify(r, accounting)
+            macs += m
+            acs += a
+        energy_pj = E_MAC_PJ * macs + E_AC_PJ * acs
+        spk = [n for n in self.neurons if n.domain in SPIKE_DOMAINS]
+        return {
+            "accounting": accounting,
+            "rule": paper_rule(self.family).description if accounting == "paper" else
+            "strict: AC = rate x FLOPs if an operand is binary/ternary, else MAC = FLOPs (Spikingformer tool)",
+            "macs": macs, "acs": acs, "sops": sum(self.sops(r) for r in self.ops),
+            "energy_mj": energy_pj * 1e-9,
+            "mean_firing_rate": (sum(n.rate for n in spk) / len(spk)) if spk else None,
+            "images": self.images, "T": self.T, "family": self.family,
+            "e_mac_pj": E_MAC_PJ, "e_ac_pj": E_AC_PJ,
+        }
+
+    def layer_rows(self, accountings: Iterable[str] = ACCOUNTINGS) -> list[dict]:
+        rows = []
+        for r in self.ops:
+            row = {"name": r.name, "op": r.op, "role": self.role(r), "out_shape": list(r.out_shape),
+                   "domains": r.domains, "rate": r.rate, "flops": self.flops_per_image(r),
+                   "sops": self.sops(r)}
+            for acc in accountings:
+                c, m, a = self.classify(r, acc)
+                row[acc] = {"class": c, "macs": m, "acs": a, "energy_pj": E_MAC_PJ * m + E_AC_PJ * a}
+            rows.append(row)
+        return rows
+
+    def to_dict(self, accountings: Iterable[str] = ("paper",)) -> dict:
+        accountings = list(accountings)
+        tot = {acc: self.totals(acc) for acc in accountings}
+        return {"model": self.model_name, "family": self.family, "images": self.images, "T": self.T,
+                "total": tot[accountings[0]], "totals": tot,
+                "layers": self.layer_rows(accountings),
+                "neurons": [{"name": n.name, "kind": n.kind, "domain": n.domain, "rate": n.rate}
+                            for n in self.neurons]}
+
+    def write_json(self, path, accountings: Iterable[str] = ("paper",)) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(accountings), f, indent=2)
+
+    def write_csv(self, path, accountings: Iterable[str] = ("paper",)) -> None:
+        accountings = list(accountings)
+        cols = ["name", "op", "role", "out_shape", "domains", "rate", "flops", "sops"]
+        for acc in accountings:
+            cols += [f"{acc}_class", f"{acc}_macs", f"{acc}_acs", f"{acc}_energy_pj"]
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(cols)
+            for row in self.layer_rows(accountings):
+                line = [row["name"], row["op"], row["role"], "x".join(map(str, row["out_shape"])),
+                        " x ".join(row["domains"]), f"{row['rate']:.6g}", f"{row['flops']:.6g}",
+                        f"{row['sops']:.6g}"]
+                for acc in accountings:
+                    d = row[acc]
+                    line += [d["class"], f"{d['macs']:.6g}", f"{d['acs']:.6g}", f"{d['energy_pj']:.6g}"]
+                w.writerow(line)
+
+    def table(self, accountings: Iterable[str] = ("paper",)) -> str:
+        accountings = list(accountings)
+        head = f"{'layer':<36} {'op':<6} {'operands':<22} {'rate':>6} {'FLOPs/img':>11} {'SOPs/img':>11}"
+        for acc in accountings:
+            head += f" {acc + ' class':>12} {acc + ' pJ':>12}"
+        lines = [head, "-" * len(head)]
+        for row in self.layer_rows(accountings):
+            name = row["name"] + (f" [{row['role']}]" if row["role"] else "")
+            line = (f"{name[:36]:<36} {row['op']:<6} {' x '.join(row['domains'])[:22]:<22} "
+                    f"{row['rate']:>6.3f} {_si(row['flops']):>11} {_si(row['sops']):>11}")
+            for acc in accountings:
+                line += f" {row[acc]['class']:>12} {_si(row[acc]['energy_pj']):>12}"
+            lines.append(line)
+        lines.append("")
+        for acc in accountings:
+            t = self.totals(acc)
+            mfr = "n/a" if t["mean_firing_rate"] is None else f"{t['mean_firing_rate']:.4f}"
+            lines.append(f"[{acc}] MACs {_si(t['macs'])}  ACs {_si(t['acs'])}  SOPs {_si(t['sops'])}  "
+                         f"energy {t['energy_mj']:.4f} mJ/image  mean firing rate {mfr}")
+            lines.append(f"[{acc}] rule: {t['rule']}")
+        lines.append(f"per image, averaged over {self.images} images, T={self.T}; "
+                     f"E_MAC={E_MAC_PJ} pJ, E_AC={E_AC_PJ} pJ (45 nm)")
+        return "\n".join(lines)
+
+    def audit(self) -> list[AuditFinding]:
+        return audit(self)
+
+
+def _si(v: float) -> str:
+    for unit, s in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= unit:
+            return f"{v / unit:.3f}{s}"
+    return f"{v:.3g}"
+
+
+def audit(report: EnergyReport) -> list[AuditFinding]:
+    """Every product whose two operands are both non-spike (module docstring), in execution order.
+    An empty list means the model is addition-only apart from its first layer and classifier."""
+    found = []
+    for r in report.ops:
+        if r.op == "scale" or report.role(r) in ("first", "classifier"):
+            continue
+        if not r.has_spike_operand:
+            found.append(AuditFinding(r.name, r.op, r.domains, report.flops_per_image(r), r.operand_shapes))
+    return found
+
+
+def measure(model: nn.Module, batches: Iterable, T: int | None = None,
+            capture_attention: bool = False) -> EnergyReport | tuple[EnergyReport, dict]:
+    """Run ``model`` (in eval mode, no grad) over ``batches`` (tensors ``[B,C,H,W]`` or
+    ``(x, y)`` pairs) under an :class:`EnergyRecorder`; returns its report (and the captured
+    attention maps if ``capture_attention``). The model's train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    rec = EnergyRecorder(model, T=T, capture_attention=capture_attention)
+    try:
+        with torch.no_grad(), rec:
+            for b in batches:
+                x = b[0] if isinstance(b, (tuple, list)) else b
+                model(x)
+    finally:
+        model.train(was_training)
+    report = rec.report()
+    return (report, rec.attention) if capture_attention else report
+
+
+def capture_attention(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Attention tensors of one input ``x[1,...]`` per attention module: what passes through its
+    ``attn_map`` (e.g. K^T V or Q K^T for A²OS²A, the channel mask for SDSA) or, without one, the
+    first product of two activations inside a module named ``attn``. Each tensor is ``[T, ...]``."""
+    _, maps = measure(model, [x[:1]], capture_attention=True)
+    return maps
+
+
+# ----------------------------------------------------------------------------------------------
+# Plots
+# ----------------------------------------------------------------------------------------------
+def plot_firing_rates(report: EnergyReport, path, title: str | None = None) -> None:
+    """Bar chart of the output firing rate of every neuron layer (fraction of non-zeros)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not report.neurons:
+        raise ValueError("no neuron layer was recorded: nothing to plot")
+    names = [n.name for n in report.neurons]
+    rates = [n.rate for n in report.neurons]
+    colors = ["tab:blue" if n.domain == "binary" else "tab:orange" if n.domain == "ternary" else "tab:gray"
+              for n in report.neurons]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(names) + 2), 4.5))
+    ax.bar(range(len(names)), rates, color=colors)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=75, ha="right", fontsize=7)
+    ax.set_ylabel("firing rate (fraction of non-zeros)")
+    ax.set_title(title or f"{report.model_name}: firing rate per neuron layer "
+                          f"({report.images} images, T={report.T}; blue binary, orange ternary, grey real)")
+    ax.set_ylim(0, max(1e-3, max(rates)) * 1.1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _as_maps(t: torch.Tensor) -> torch.Tensor:
+    """[T, ...] -> [heads, rows, cols] averaged over T."""
+    m = t.float().mean(0)
+    if m.dim() == 3 and m.shape[1] == 1:     # one row per head (e.g. SDSA's channel mask): one map
+        m = m[:, 0]
+    if m.dim() == 1:
+        m = m[None, None]
+    elif m.dim() == 2:
+        m = m[None]
+    elif m.dim() > 3:
+        m = m.reshape(-1, *m.shape[-2:])
+    return m
+
+
+def plot_attention(maps: dict[str, torch.Tensor], path, max_heads: int = 8) -> None:
+    """Grid of attention maps (rows: attention modules, columns: heads), averaged over T."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not maps:
+        raise ValueError("no attention tensor was captured (no `attn_map` module and no product "
+                         "of two activations inside a module named `attn`)")
+    grids = {k: _as_maps(v)[:max_heads] for k, v in maps.items()}
+    cols = max(g.shape[0] for g in grids.values())
+    fig, axes = plt.subplots(len(grids), cols, figsize=(2.0 * cols + 0.5, 2.0 * len(grids) + 0.5),
+                             squeeze=False)
+    for i, (k, g) in enumerate(grids.items()):
+        for j in range(cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < g.shape[0]:
+                ax.imshow(g[j].numpy(), aspect="auto", cmap="viridis")
+                ax.set_title(f"{k} h{j}" if j == 0 else f"h{j}", fontsize=7)
+            else:
+                ax.axis("off")
+    fig.suptitle("attention maps of one input (mean over T)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
