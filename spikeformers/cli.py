@@ -226,5 +226,141 @@ def download(dataset, dest):
     click.echo(f"Fashion-MNIST in {download_fashion_mnist(dest or CACHE_DIR)}")
 
 
+# ----------------------------------------------------------------------------------------------
+# energy / audit
+# ----------------------------------------------------------------------------------------------
+def _energy_setup(model, checkpoint, data, data_dir, batches, batch_size, seed, model_kwargs, calibrate_bn):
+    """(model in eval mode, list of input batches, note about the weights) for energy / audit."""
+    import torch
+    from .checkpoint import load_checkpoint
+    from .energy import calibrate_batchnorm
+    from .models import create_model
+    kwargs = json.loads(model_kwargs) if model_kwargs else {}
+    if checkpoint:
+        net, meta = load_checkpoint(checkpoint, expect_model=model, **kwargs)
+        note = f"weights: {checkpoint}"
+    elif model:
+        net, note = create_model(model, **kwargs), "weights: random init (untrained)"
+    else:
+        raise ValueError("give --model NAME or --checkpoint FILE")
+    c, s = net.in_chans, net.img_size
+    if data == "random":
+        g = torch.Generator().manual_seed(seed)
+        xs = [torch.randn(batch_size, c, s, s, generator=g) for _ in range(batches)]
+        note += f"; data: {batches} x {batch_size} N(0,1) random images [{c},{s},{s}] (seed {seed})"
+    elif data == "fashion-mnist":
+        from .data import InMemoryLoader, load_fashion_mnist
+        from .data import fashion_mnist as fmnist
+        if (c, s) != (1, 28):
+            raise ValueError(f"model {getattr(net, 'model_name', '?')} expects input [B,{c},{s},{s}]; "
+                             f"fashion-mnist is [B,1,28,28] (use --data random for this model)")
+        xte, yte = load_fashion_mnist("test", data_dir)
+        loader = InMemoryLoader(xte, yte, batch_size, fmnist.MEAN, fmnist.STD)
+        xs = []
+        for x, _ in loader:
+            if len(xs) == batches:
+                break
+            xs.append(x)
+        note += f"; data: first {sum(len(x) for x in xs)} Fashion-MNIST test images"
+    else:
+        raise ValueError(f"unknown --data {data!r}; expected 'fashion-mnist' or 'random'")
+    if calibrate_bn:
+        calibrate_batchnorm(net, xs[0])
+        note += "; BatchNorm statistics calibrated on the first batch"
+    return net.eval(), xs, note
+
+
+def _energy_options(f):
+    for opt in reversed([
+        click.option("--model", default=None, help="registered model name (with --checkpoint: the model it must hold)"),
+        click.option("--checkpoint", default=None, help="a .safetensors checkpoint (rebuilds its model)"),
+        click.option("--data", default="fashion-mnist", show_default=True, type=click.Choice(["fashion-mnist", "random"]),
+                     help="input images: the Fashion-MNIST test set or N(0,1) noise of the model's input shape"),
+        click.option("--data-dir", default=None, help="dataset folder (default: $SPIKEFORMERS_DATA or the system copy)"),
+        click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1)),
+        click.option("--seed", default=0, show_default=True, type=int, help="seed of --data random"),
+        click.option("--model-kwargs", default=None, help="JSON of model kwargs overrides"),
+        click.option("--threads", default=None, type=click.IntRange(min=1),
+                     help="torch CPU threads (1 is fastest for small models on shared cores)"),
+        click.option("--calibrate-bn", is_flag=True,
+                     help="untrained models only: set BatchNorm statistics from the first batch so neurons fire"),
+    ]):
+        f = opt(f)
+    return f
+
+
+@main.command()
+@_energy_options
+@click.option("--batches", default=4, show_default=True, type=click.IntRange(min=1), help="batches to average over")
+@click.option("--accounting", default="both", show_default=True, type=click.Choice(["paper", "strict", "both"]))
+@click.option("--csv", "csv_out", default=None, help="write the per-layer table to this CSV file")
+@click.option("--json", "json_out", default=None, help="write totals and layers to this JSON file")
+@click.option("--plot", default=None, help="save a bar chart of per-layer firing rates (PNG)")
+@click.option("--plot-attention", default=None, help="save the attention maps of one input as a grid (PNG)")
+def energy(model, checkpoint, data, data_dir, batch_size, seed, model_kwargs, threads, calibrate_bn, batches,
+           accounting, csv_out, json_out, plot, plot_attention):
+    """Per-layer FLOPs, firing rates, MACs/ACs/SOPs and energy per image (E_MAC 4.6 pJ, E_AC 0.9 pJ).
+
+    `paper` counts energy the way the model's own paper does; `strict` counts every product without
+    a spike operand as a MAC (the Spikingformer tool's rule). See spikeformers/energy.py."""
+    from . import energy as E
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+    net, xs, note = _energy_setup(model, checkpoint, data, data_dir, batches, batch_size, seed,
+                                  model_kwargs, calibrate_bn)
+    accs = ["paper", "strict"] if accounting == "both" else [accounting]
+    report = E.measure(net, xs)
+    click.echo(f"{report.model_name} (family {report.family}); {note}")
+    click.echo(report.table(accs))
+    if csv_out:
+        report.write_csv(csv_out, accs)
+        click.echo(f"wrote {csv_out}")
+    if json_out:
+        report.write_json(json_out, accs)
+        click.echo(f"wrote {json_out}")
+    if plot:
+        E.plot_firing_rates(report, plot)
+        click.echo(f"wrote {plot}")
+    if plot_attention:
+        maps = E.capture_attention(net, xs[0][:1])
+        E.plot_attention(maps, plot_attention)
+        click.echo(f"wrote {plot_attention} ({len(maps)} attention modules)")
+
+
+@main.command()
+@_energy_options
+@click.option("--batches", default=1, show_default=True, type=click.IntRange(min=1))
+@click.pass_context
+def audit(ctx, model, checkpoint, data, data_dir, batch_size, seed, model_kwargs, threads, calibrate_bn, batches):
+    """List every product of two non-spike operands (real x real; integer is non-spike) outside the
+    first layer and the classifier; exit 1 if there is any."""
+    from . import energy as E
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+    net, xs, note = _energy_setup(model, checkpoint, data, data_dir, batches, batch_size, seed,
+                                  model_kwargs, calibrate_bn)
+    report = E.measure(net, xs)
+    found = E.audit(report)
+    click.echo(f"{report.model_name} (family {report.family}); {note}")
+    silent = [n.name for n in report.neurons if n.rate == 0.0]
+    if silent:
+        click.echo(f"warning: {len(silent)} of {len(report.neurons)} neuron layers never fired "
+                   f"({', '.join(silent[:4])}{', ...' if len(silent) > 4 else ''}); value domains are judged "
+                   f"from the values seen, so a silent model can pass trivially (use a checkpoint or --calibrate-bn)",
+                   err=True)
+    first, cls = report.first_layer, report.classifier
+    click.echo(f"exempt: first layer {first.name if first else '-'} ({' x '.join(first.domains) if first else ''}), "
+               f"classifier {cls.name if cls else '-'} ({' x '.join(cls.domains) if cls else ''})")
+    if found:
+        click.echo(f"FAIL: {len(found)} product(s) with no spike operand:")
+        for f in found:
+            click.echo(f"  {f}")
+        ctx.exit(1)
+    n = sum(1 for r in report.ops if r.op != "scale") - (first is not None) - (cls is not None and cls is not first)
+    click.echo(f"PASS: addition-only: each of the other {n} products has a binary or ternary operand")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -103,7 +103,7 @@ from . import neurons as _neurons
 __all__ = [
     "E_MAC_PJ", "E_AC_PJ", "ACCOUNTINGS", "PAPER_RULES", "PaperRule", "OperandStats", "OpRecord",
     "NeuronRecord", "EnergyRecorder", "EnergyReport", "AuditFinding", "measure", "audit",
-    "capture_attention", "plot_firing_rates", "plot_attention",
+    "capture_attention", "plot_firing_rates", "plot_attention", "calibrate_batchnorm",
 ]
 
 E_MAC_PJ = 4.6  # pJ per multiply-accumulate, 45 nm (Horowitz, ISSCC 2014)
@@ -731,6 +731,21 @@ def measure(model: nn.Module, batches: Iterable, T: int | None = None,
         model.train(was_training)
     report = rec.report()
     return (report, rec.attention) if capture_attention else report
+
+
+def calibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Set every BatchNorm's running statistics from one batch ``x`` (cumulative average, one
+    forward in train mode, no gradient), then return the model in eval mode. For *untrained* models
+    only: with the default small init every neuron stays silent, so the rates are 0 and every tensor
+    looks binary, which makes the audit pass trivially. Changes the model's BN buffers in place."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(x)
+    return model.eval()
 
 
 def capture_attention(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:

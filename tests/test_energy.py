@@ -14,6 +14,15 @@ from spikeformers.energy import (E_AC_PJ, E_MAC_PJ, EnergyRecorder, audit, measu
 from spikeformers.neurons import LIF
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests run small tensors: one intra-op thread is faster, and far faster on shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # ----------------------------------------------------------------------------------------------
 # A tiny model counted on paper: repeat T=2 -> conv3x3 (1->2, no bias) -> LIF -> linear(32->3)
 # ----------------------------------------------------------------------------------------------
