@@ -776,26 +776,27 @@ def plot_firing_rates(report: EnergyReport, path, title: str | None = None) -> N
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=75, ha="right", fontsize=7)
     ax.set_ylabel("firing rate (fraction of non-zeros)")
-    ax.set_title(title or f"{report.model_name}: firing rate per neuron layer "
-                          f"({report.images} images, T={report.T}; blue binary, orange ternary, grey real)")
+    ax.set_title(title or f"{report.model_name}: firing rate per neuron layer\n"
+                          f"({report.images} images, T={report.T}; blue binary, orange ternary, grey real)",
+                 fontsize=9)
     ax.set_ylim(0, max(1e-3, max(rates)) * 1.1)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def _as_maps(t: torch.Tensor) -> torch.Tensor:
-    """[T, ...] -> [heads, rows, cols] averaged over T."""
+def _as_maps(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """[T, ...] -> ([heads, rows, cols] averaged over T, True if the heads were stacked as rows)."""
     m = t.float().mean(0)
     if m.dim() == 3 and m.shape[1] == 1:     # one row per head (e.g. SDSA's channel mask): one map
-        m = m[:, 0]
+        return m[:, 0][None], True
     if m.dim() == 1:
         m = m[None, None]
     elif m.dim() == 2:
         m = m[None]
     elif m.dim() > 3:
         m = m.reshape(-1, *m.shape[-2:])
-    return m
+    return m, False
 
 
 def plot_attention(maps: dict[str, torch.Tensor], path, max_heads: int = 8) -> None:
@@ -807,21 +808,23 @@ def plot_attention(maps: dict[str, torch.Tensor], path, max_heads: int = 8) -> N
     if not maps:
         raise ValueError("no attention tensor was captured (no `attn_map` module and no product "
                          "of two activations inside a module named `attn`)")
-    grids = {k: _as_maps(v)[:max_heads] for k, v in maps.items()}
-    cols = max(g.shape[0] for g in grids.values())
-    fig, axes = plt.subplots(len(grids), cols, figsize=(2.0 * cols + 0.5, 2.0 * len(grids) + 0.5),
+    grids = {k: _as_maps(v) for k, v in maps.items()}
+    grids = {k: (g[:max_heads], stacked) for k, (g, stacked) in grids.items()}
+    cols = max(g.shape[0] for g, _ in grids.values())
+    fig, axes = plt.subplots(len(grids), cols, figsize=(max(4.5, 2.0 * cols + 0.5), 2.0 * len(grids) + 0.8),
                              squeeze=False)
-    for i, (k, g) in enumerate(grids.items()):
+    for i, (k, (g, stacked)) in enumerate(grids.items()):
         for j in range(cols):
             ax = axes[i][j]
             ax.set_xticks([])
             ax.set_yticks([])
             if j < g.shape[0]:
-                ax.imshow(g[j].numpy(), aspect="auto", cmap="viridis")
-                ax.set_title(f"{k} h{j}" if j == 0 else f"h{j}", fontsize=7)
+                ax.imshow(g[j].numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
+                what = "heads x channels" if stacked else f"head {j}, {g.shape[1]}x{g.shape[2]}"
+                ax.set_title(f"{k}: {what}" if j == 0 else what, fontsize=7)
             else:
                 ax.axis("off")
-    fig.suptitle("attention maps of one input (mean over T)", fontsize=9)
+    fig.suptitle("attention tensors of one input (mean over T)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
