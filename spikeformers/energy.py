@@ -309,6 +309,7 @@ class EnergyRecorder:
         self.ops: dict[str, OpRecord] = {}
         self.neurons: dict[str, NeuronRecord] = {}
         self.attention: dict[str, torch.Tensor] = {}
+        self._attn_src: dict[str, str] = {}   # attention key -> "attn_map" | "product"
         self.images = 0
         # id(tensor) -> weakref: a WeakSet would compare tensors with `==` (elementwise) on lookups
         self._acts: dict[int, weakref.ref] = {}
@@ -423,9 +424,8 @@ class EnergyRecorder:
             return
         if key in self.attention and not override:
             return
-        if override and getattr(self, "_attn_src", {}).get(key) == "attn_map":
+        if override and self._attn_src.get(key) == "attn_map":
             return
-        self._attn_src = getattr(self, "_attn_src", {})
         self._attn_src[key] = "attn_map" if override else "product"
         busy, self._busy = self._busy, True
         try:
