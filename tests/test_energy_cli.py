@@ -59,3 +59,19 @@ def test_audit_command_exit_codes():
                                   "--model-kwargs", '{"attn_kwargs": {"out_neuron": false}}'])
     assert r.exit_code == 1, r.output
     assert "FAIL" in r.output and "block.0.attn.proj_conv (conv): real x weight" in r.output
+
+
+def test_energy_and_audit_from_a_checkpoint(tmp_path):
+    from spikeformers import create_model
+    from spikeformers.checkpoint import save_checkpoint
+    from spikeformers.energy import calibrate_batchnorm
+    torch.manual_seed(0)
+    m = create_model("a2os2a_fmnist", attn_kwargs={"out_neuron": False})
+    calibrate_batchnorm(m, torch.randn(4, 1, 28, 28))
+    ck = save_checkpoint(tmp_path / "m.safetensors", m)
+    # the checkpoint rebuilds its own config (no output neuron): the audit must see the real input
+    r = CliRunner().invoke(main, ["audit", "--checkpoint", str(ck), "--data", "random", "--batch-size", "2"])
+    assert r.exit_code == 1, r.output
+    assert f"weights: {ck}" in r.output and "block.0.attn.proj_conv (conv): real x weight" in r.output
+    r = CliRunner().invoke(main, ["energy", "--checkpoint", str(ck), "--model", "sdt_2_512_cifar"])
+    assert r.exit_code != 0 and "expected 'sdt_2_512_cifar'" in r.output
