@@ -685,7 +685,7 @@ class EnergyReport:
             t = self.totals(acc)
             mfr = "n/a" if t["mean_firing_rate"] is None else f"{t['mean_firing_rate']:.4f}"
             lines.append(f"[{acc}] MACs {_si(t['macs'])}  ACs {_si(t['acs'])}  SOPs {_si(t['sops'])}  "
-                         f"energy {t['energy_mj']:.4f} mJ/image  mean firing rate {mfr}")
+                         f"energy {t['energy_mj']:.4g} mJ/image  mean firing rate {mfr}")
             lines.append(f"[{acc}] rule: {t['rule']}")
         lines.append(f"per image, averaged over {self.images} images, T={self.T}; "
                      f"E_MAC={E_MAC_PJ} pJ, E_AC={E_AC_PJ} pJ (45 nm)")
