@@ -296,7 +296,10 @@ def _energy_options(f):
 @click.option("--csv", "csv_out", default=None, help="write the per-layer table to this CSV file")
 @click.option("--json", "json_out", default=None, help="write totals and layers to this JSON file")
 @click.option("--plot", default=None, help="save a bar chart of per-layer firing rates (PNG)")
-@click.option("--plot-attention", default=None, help="save the attention maps of one input as a grid (PNG)")
+@click.option("--plot-attention", default=None,
+              help="save the attention tensors of one input as a PNG grid: what passes through each "
+                   "attention's attn_map (A2OS2A: K^T V per head, or Q K^T with order qk_v; SDSA: the "
+                   "heads x channels mask)")
 def energy(model, checkpoint, data, data_dir, batch_size, seed, model_kwargs, threads, calibrate_bn, batches,
            accounting, csv_out, json_out, plot, plot_attention):
     """Per-layer FLOPs, firing rates, MACs/ACs/SOPs and energy per image (E_MAC 4.6 pJ, E_AC 0.9 pJ).
