@@ -62,6 +62,9 @@ def load_config_file(path) -> dict:
               help="override any training option, e.g. --set lr=1e-3 --set randaugment=null (repeatable)")
 @click.option("--optimizer", default="adamw", type=click.Choice(["adamw", "lamb", "sgd", "adam"]))
 @click.option("--precision", default="fp32", type=click.Choice(["fp32", "bf16"]), help="bf16 autocast on CPU or GPU")
+@click.option("--compile", "compile", is_flag=True, default=None, help="torch.compile the model (minutes to build on CPU)")
+@click.option("--fast-layers/--no-fast-layers", default=None,
+              help="1x1 convs as matmuls with channels-last tensors (default on; same weights)")
 @click.option("--accum-steps", default=1, type=click.IntRange(min=1), help="gradient accumulation steps")
 @click.option("--tet", is_flag=True, help="TET loss on per-time-step logits (Deng et al. 2022)")
 @click.option("--sync-bn", is_flag=True, help="SyncBatchNorm under torchrun (GPU only)")
@@ -215,6 +218,43 @@ def convert(official, source, kwargs_json, out):
     n = sum(p.numel() for p in model.parameters())
     click.echo(f"{source} -> {path} ({model.model_name} config, {n:,} params; dropped unused official "
                f"entries: {len(model.official_dropped)})")
+
+
+@main.command(context_settings={"show_default": True})
+@click.option("--model", "name", required=True, help="registered model name (see `spikeformers models`)")
+@click.option("--T", "T", default=4, type=click.IntRange(min=1), help="time steps")
+@click.option("--batch", default=16, type=click.IntRange(min=1), help="batch size")
+@click.option("--img-size", default=32, type=click.IntRange(min=1), help="input height and width")
+@click.option("--num-classes", default=10, type=click.IntRange(min=1))
+@click.option("--precision", default="bf16", type=click.Choice(["fp32", "bf16"]), help="autocast precision")
+@click.option("--compile/--no-compile", "compile_", default=False, help="torch.compile the model (slow to build)")
+@click.option("--optimize/--no-optimize", default=True, help="1x1 convs as matmuls, channels-last")
+@click.option("--fuse/--no-fuse", default=True, help="fold BatchNorm into the convs for inference")
+@click.option("--reps", default=5, type=click.IntRange(min=1), help="timed repetitions (median)")
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="torch CPU threads (default: all cores)")
+@click.option("--device", default="cpu", help="cpu or cuda")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def bench(name, T, batch, img_size, num_classes, precision, compile_, optimize, fuse, reps, threads, device, as_json):
+    """Train / inference images per second, peak memory and achieved GFLOP/s of a model, against
+    this machine's measured fp32 and bf16 matmul peaks."""
+    import torch
+    from .bench import bench_model
+    if threads:
+        torch.set_num_threads(threads)
+    r = bench_model(name, T=T, batch=batch, img_size=img_size, num_classes=num_classes, precision=precision,
+                    compile=compile_, optimize=optimize, fuse=fuse, reps=reps, device=device)
+    if as_json:
+        click.echo(json.dumps(r.to_dict()))
+        return
+    peak = r.peak_bf16_gflops_s if precision == "bf16" else r.peak_fp32_gflops_s
+    click.echo(f"{name}: T={T} batch={batch} {img_size}x{img_size} {num_classes} classes, {precision}"
+               f"{', compiled' if compile_ else ''}{', optimized' if optimize else ''}, {r.threads} threads")
+    click.echo(f"  train     {r.train_img_s:8.1f} img/s   {r.gflops_s:7.1f} GFLOP/s "
+               f"({100 * r.gflops_s / peak:.0f} % of the {precision} matmul peak; {r.train_gflop_per_step:.1f} GFLOP/step)")
+    click.echo(f"  inference {r.infer_img_s:8.1f} img/s   {r.infer_gflops_s:7.1f} GFLOP/s"
+               f"{' (BatchNorm folded)' if fuse else ''}")
+    click.echo(f"  peak memory {r.peak_mem_mb:.0f} MB; matmul peaks fp32 {r.peak_fp32_gflops_s:.0f}, "
+               f"bf16 {r.peak_bf16_gflops_s:.0f} GFLOP/s; {r.kernel}")
 
 
 @main.command()

@@ -25,6 +25,8 @@ import math
 import torch
 from torch import nn
 
+from . import kernels
+
 __all__ = [
     "Surrogate", "Sigmoid", "ATan", "StraightThrough", "Triangle", "spike",
     "LIF", "IF", "PLIF", "Ternary", "ReLUNeuron", "surrogate_from_config",
@@ -131,6 +133,7 @@ class Triangle(Surrogate):
 
 
 _SURROGATES = {cls.name: cls for cls in (Sigmoid, ATan, StraightThrough, Triangle)}
+_KERNEL_SURROGATES = (Sigmoid, ATan, StraightThrough, Triangle)  # the ones csrc/neurons.c implements
 
 
 def surrogate_from_config(cfg) -> Surrogate:
@@ -216,9 +219,13 @@ class _BaseLIF(nn.Module):
         _check_sequence(x, type(self).__name__)
         if not self.smooth and self.charge_coeffs() is not None:
             if torch.is_grad_enabled() and x.requires_grad:
-                return _FusedLIF.apply(x, self)
-            with torch.no_grad():
-                return _lif_loop(self, x)[0]
+                if not torch.compiler.is_compiling():
+                    return _FusedLIF.apply(x, self)
+            else:
+                with torch.no_grad():
+                    if kernels.supports(x):
+                        return kernels.lif_forward(self, x, keep_h=False)[0]
+                    return _lif_loop(self, x)[0]
         v0 = 0.0 if self.v_reset is None else self.v_reset
         v = torch.full_like(x[0], v0)
         out = []
@@ -253,7 +260,8 @@ def _lif_loop(neuron: "_BaseLIF", x: torch.Tensor, keep_h: bool = False):
 
 class _FusedLIF(torch.autograd.Function):
     """Multi-step LIF/IF with a hand-written backward through time: one forward pass saving only
-    H[t], one reverse pass. dH/dV = a and dH/dX = b are the neuron's constant charge coefficients;
+    H[t], one reverse pass. Runs in the compiled kernel (:mod:`spikeformers.kernels`) when it is
+    available for ``x``, else as the PyTorch loops below (the same arithmetic). dH/dV = a and dH/dX = b are the neuron's constant charge coefficients;
     g = surrogate'(H - v_th)::
 
         dV/dH = 1 - S (+ (v_reset - H) g unless detach_reset)     hard reset
@@ -263,8 +271,9 @@ class _FusedLIF(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, neuron):
+        ctx.kernel = type(neuron.surrogate) in _KERNEL_SURROGATES and kernels.supports(x)
         with torch.no_grad():
-            out, hs = _lif_loop(neuron, x, keep_h=True)
+            out, hs = kernels.lif_forward(neuron, x, keep_h=True) if ctx.kernel else _lif_loop(neuron, x, keep_h=True)
         ctx.save_for_backward(hs)
         ctx.neuron = neuron
         return out
@@ -274,6 +283,8 @@ class _FusedLIF(torch.autograd.Function):
         (hs,) = ctx.saved_tensors
         n = ctx.neuron
         a, b = n.charge_coeffs()
+        if ctx.kernel:
+            return kernels.lif_backward(n, grad_s, hs, a, b), None
         grad_x = torch.empty_like(hs)
         grad_v = None
         for t in range(hs.shape[0] - 1, -1, -1):
@@ -409,6 +420,11 @@ class Ternary(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_sequence(x, "Ternary")
+        if not self.smooth and type(self.surrogate) in _KERNEL_SURROGATES and kernels.supports(x):
+            if torch.is_grad_enabled() and x.requires_grad:
+                return _FusedTernary.apply(x, self)
+            with torch.no_grad():
+                return kernels.ternary_forward(self, x, keep_u=False)[0]
         u = torch.zeros_like(x[0])
         o = torch.zeros_like(x[0])
         out = []
@@ -422,6 +438,23 @@ class Ternary(nn.Module):
     def extra_repr(self) -> str:
         return (f"decay={self.decay}, v_threshold={self.v_threshold}, "
                 f"detach_reset={self.detach_reset}, surrogate={self.surrogate}")
+
+
+class _FusedTernary(torch.autograd.Function):
+    """The ternary neuron in the compiled kernel: forward saves u[t], backward runs through time
+    (see ``csrc/neurons.c``); same spikes as :meth:`Ternary.forward`'s loop."""
+
+    @staticmethod
+    def forward(ctx, x, neuron):
+        out, us = kernels.ternary_forward(neuron, x, keep_u=True)
+        ctx.save_for_backward(us)
+        ctx.neuron = neuron
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_o):
+        (us,) = ctx.saved_tensors
+        return kernels.ternary_backward(ctx.neuron, grad_o, us), None
 
 
 class ReLUNeuron(nn.Module):

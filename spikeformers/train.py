@@ -71,6 +71,8 @@ class TrainConfig:
     sched_per: str = "step"      # "step" (per-iteration cosine) | "epoch" (timm: once per epoch)
     accum_steps: int = 1         # gradient accumulation: optimizer step every N micro-batches
     precision: str = "fp32"      # fp32 | bf16 (autocast on CPU and GPU)
+    fast_layers: bool = True     # 1x1 convs as matmuls + channels-last (speed.optimize; same weights)
+    compile: bool = False        # torch.compile the training graph
     tet: bool = False            # TET loss on per-time-step logits (model built with tet=True)
     tet_means: float = 1.0
     tet_lamb: float = 0.001
@@ -269,6 +271,9 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
     if cfg.tet:
         overrides["tet"] = True
     model = create_model(cfg.model, **overrides).to(ctx.device)
+    if cfg.fast_layers:
+        from .speed import optimize
+        optimize(model)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)  # no decay on BN, biases, PLIF w
@@ -309,6 +314,8 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     net = model  # what the loop calls; `model` stays the bare module (eval, checkpoints)
+    if cfg.compile:
+        net = torch.compile(model)
     if ctx.enabled:
         if cfg.sync_bn:
             if ctx.device.type != "cuda":
@@ -317,6 +324,8 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+        if cfg.compile:
+            net = torch.compile(net)
 
     n_params = sum(p.numel() for p in model.parameters())
     if progress and start_epoch == 0:

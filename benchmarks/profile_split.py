@@ -1,0 +1,93 @@
+"""Where a train step's (or inference's) CPU time goes: convolutions / linear layers, neurons,
+BatchNorm, attention products, the rest.
+
+    python benchmarks/profile_split.py --model sdt_8_384 [--precision bf16|fp32] [--infer]
+                                       [--no-optimize] [--threads 2]
+
+Attribution is by the profiler's self time per operator: ``conv`` = oneDNN convolutions and the
+dense matmuls of 1x1 convs / linears (``mm``, ``addmm``) with their backward; ``attention`` = the
+batched products ``bmm`` (Q K^T V and friends); ``neurons`` = the fused neuron kernel's autograd
+nodes (or the elementwise ops of the plain loop, counted under ``elementwise``); ``batchnorm``;
+``copies`` (layout changes, dtype casts); ``other``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import profile
+
+CATS = [
+    ("conv", ("mkldnn_convolution", "convolution_backward", "aten::mm", "aten::addmm", "aten::_convolution")),
+    ("attention", ("aten::bmm", "aten::baddbmm")),
+    ("neurons", ("_FusedLIF", "_FusedTernary", "_HeavisideBackward", "_Heaviside")),
+    ("batchnorm", ("batch_norm",)),
+    ("copies", ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous")),
+    ("elementwise", ("aten::mul", "aten::add", "aten::sub", "aten::div", "aten::ge", "aten::lt", "aten::sigmoid",
+                     "aten::where", "aten::abs", "aten::sum", "aten::mean", "aten::fill_")),
+    ("pooling", ("max_pool",)),
+]
+
+
+def category(name: str) -> str:
+    for cat, keys in CATS:
+        if any(k in name for k in keys):
+            return cat
+    return "other"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="sdt_8_384")
+    ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    ap.add_argument("--infer", action="store_true", help="profile inference instead of a train step")
+    ap.add_argument("--no-optimize", action="store_true")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=2)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    from spikeformers.models import create_model
+    from spikeformers.speed import fuse, optimize
+    model = create_model(a.model, T=4, img_size=32, num_classes=10)
+    if not a.no_optimize:
+        optimize(model)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    ac = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    if a.infer:
+        model.eval()
+        if not a.no_optimize:
+            fuse(model)
+
+    def step():
+        if a.infer:
+            with torch.inference_mode(), ac:
+                model(x)
+            return
+        with ac:
+            out = model(x)
+        F.cross_entropy(out.float(), y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    with profile() as prof:
+        for _ in range(a.steps):
+            step()
+    split = defaultdict(float)
+    for ev in prof.key_averages():
+        split[category(ev.key)] += ev.self_cpu_time_total
+    total = sum(split.values())
+    print(f"{a.model} {'inference' if a.infer else 'train step'}, {a.precision}, "
+          f"{'plain layers' if a.no_optimize else 'optimized'}, {torch.get_num_threads()} threads: "
+          f"{total / a.steps / 1e3:.0f} ms per step (profiled)")
+    for cat, t in sorted(split.items(), key=lambda kv: -kv[1]):
+        print(f"  {cat:12s} {100 * t / total:5.1f} %  {t / a.steps / 1e3:7.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""``spikeformers bench``: training and inference throughput, peak memory and achieved GFLOP/s of a
+zoo model against the machine's measured matmul peaks.
+
+What is timed (the same definition the SpikingJelly comparison in ``benchmarks/`` uses):
+
+- train step: forward on a ``[B, C, H, W]`` batch, cross-entropy, backward, SGD (momentum 0.9)
+  step, ``zero_grad``; the model in train mode (BatchNorm batch statistics).
+- inference: forward in eval mode under ``torch.inference_mode``.
+
+Each is warmed up, then timed ``reps`` times; the median is reported. GFLOP/s counts the
+convolution / matmul FLOPs of one step (``torch.utils.flop_counter``, forward + backward for
+training) over its median time. Peak memory is the process's peak resident set (``ru_maxrss``) on
+CPU, ``torch.cuda.max_memory_allocated`` on GPU.
+
+Default settings are the fastest ones measured on CPU: bf16 autocast, 1x1 convolutions as matmuls
+with channels-last tensors (:func:`spikeformers.speed.optimize`), the fused neuron kernel, and for
+inference BatchNorm folded into the convolutions (:func:`spikeformers.speed.fuse`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["BenchResult", "matmul_peak", "bench_model", "step_flops"]
+
+
+@dataclass
+class BenchResult:
+    model: str
+    T: int
+    batch: int
+    img_size: int
+    num_classes: int
+    precision: str
+    compile: bool
+    optimize: bool
+    fuse: bool
+    threads: int
+    train_img_s: float
+    infer_img_s: float
+    peak_mem_mb: float
+    gflops_s: float             # achieved in the train step
+    infer_gflops_s: float
+    peak_fp32_gflops_s: float
+    peak_bf16_gflops_s: float
+    train_gflop_per_step: float
+    infer_gflop_per_step: float
+    kernel: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5, device: str = "cpu") -> float:
+    """Best GFLOP/s of an ``n x n @ n x n`` matmul in ``dtype`` (this machine's practical peak)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = float("inf")
+    for i in range(reps + 1):
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        if i:
+            best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def _sync(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _autocast(device: str, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def step_flops(fn) -> float:
+    """FLOPs of the convolutions / matmuls ``fn()`` runs (forward and any backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return float(fc.get_total_flops())
+
+
+def _time(fn, warmup: int, reps: int, device: str) -> float:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def _peak_mem_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2 ** 20
+
+
+def bench_model(name: str, T: int = 4, batch: int = 16, img_size: int = 32, num_classes: int = 10,
+                precision: str = "bf16", compile: bool = False, optimize: bool = True, fuse: bool = True,
+                warmup: int = 2, reps: int = 5, device: str = "cpu", peaks: bool = True,
+                train: bool = True, infer: bool = True, seed: int = 0) -> BenchResult:
+    """Measure ``name`` (a registered model) at ``[batch, in_chans, img_size, img_size]``."""
+    from . import kernels
+    from .models import create_model
+    from .speed import fuse as fuse_bn, optimize as optimize_model
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    torch.manual_seed(seed)
+    model = create_model(name, T=T, img_size=img_size, num_classes=num_classes).to(device)
+    if optimize:
+        optimize_model(model)
+    x = torch.randn(batch, model.in_chans, img_size, img_size, device=device)
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    train_s = infer_s = float("nan")
+    train_flops = infer_flops = float("nan")
+
+    if train:
+        net = torch.compile(model) if compile else model
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def train_step():
+            with _autocast(device, precision):
+                out = net(x)
+            F.cross_entropy(out.float(), y).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        model.train()
+        train_s = _time(train_step, warmup + (2 if compile else 0), reps, device)
+        model.train()
+        train_flops = step_flops(lambda: F.cross_entropy(model(x).float(), y).backward())
+        model.zero_grad(set_to_none=True)
+
+    if infer:
+        imodel = copy.deepcopy(model).eval()
+        if fuse:
+            fuse_bn(imodel)
+        inet = torch.compile(imodel) if compile else imodel
+
+        def infer_step():
+            with torch.inference_mode(), _autocast(device, precision):
+                inet(x)
+
+        infer_s = _time(infer_step, warmup + (2 if compile else 0), reps, device)
+        with torch.no_grad():
+            infer_flops = step_flops(lambda: imodel(x))
+
+    p32 = matmul_peak(torch.float32, device=device) if peaks else float("nan")
+    p16 = matmul_peak(torch.bfloat16, device=device) if peaks else float("nan")
+    return BenchResult(
+        model=name, T=T, batch=batch, img_size=img_size, num_classes=num_classes, precision=precision,
+        compile=compile, optimize=optimize, fuse=fuse, threads=torch.get_num_threads(),
+        train_img_s=batch / train_s, infer_img_s=batch / infer_s, peak_mem_mb=_peak_mem_mb(device),
+        gflops_s=train_flops / train_s / 1e9, infer_gflops_s=infer_flops / infer_s / 1e9,
+        peak_fp32_gflops_s=p32, peak_bf16_gflops_s=p16, train_gflop_per_step=train_flops / 1e9,
+        infer_gflop_per_step=infer_flops / 1e9, kernel=kernels.status())

@@ -1,0 +1,209 @@
+/* Fused multi-step neurons for spikeformers (CPU). Built at run time by spikeformers/kernels.py
+ * with the system C compiler and loaded through ctypes; every function works on a [T, N] block
+ * (N contiguous elements per time step, step t at offset t * N) and on a slice [lo, hi) of the N
+ * elements, so Python can split the work across threads (ctypes releases the GIL).
+ *
+ * Exactness: the file is built twice. The forward functions are taken from the build with
+ * -ffp-contract=off and without fast-math: the float32 forward performs the same IEEE operations,
+ * in the same order and with the same float32 constants, as the plain PyTorch loop in neurons.py,
+ * so spikes and membranes are bit-identical. The backward functions come from a -ffast-math build
+ * (vectorised expf; gradients agree with the loop's to float rounding). bfloat16 tensors are read
+ * and written as bfloat16 but the state is kept in float32 inside the kernel.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+static inline float bf2f(uint16_t b) { uint32_t u = (uint32_t)b << 16; float f; memcpy(&f, &u, 4); return f; }
+static inline uint16_t f2bf(float f) {
+    uint32_t u; memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);  /* NaN stays NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);                                           /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+static inline float f32_load(const float *p) { return *p; }
+static inline void f32_store(float *p, float v) { *p = v; }
+static inline float bf16_load(const uint16_t *p) { return bf2f(*p); }
+static inline void bf16_store(uint16_t *p, float v) { *p = f2bf(v); }
+
+/* charge kinds */
+#define CH_DECAY 0        /* h = v + (x - v) / tau                       */
+#define CH_DECAY_R 1      /* h = v + (x - (v - r)) / tau                 */
+#define CH_NODECAY 2      /* h = v * c + x,  c = float(1 - 1/tau)         */
+#define CH_NODECAY_R 3    /* h = v - (v - r) / tau + x                   */
+#define CH_IF 4           /* h = v + x                                   */
+/* reset kinds */
+#define RS_SOFT 0         /* v = h - s * vth      */
+#define RS_ZERO 1         /* v = h * (1 - s)      */
+#define RS_VALUE 2        /* v = (1 - s) * h + s * r */
+/* surrogates */
+#define SG_SIGMOID 0
+#define SG_ATAN 1
+#define SG_STRAIGHT 2
+#define SG_TRIANGLE 3
+
+
+/* Inner loops are specialised per (charge, reset) and per surrogate so that the compiler can
+ * vectorise them; the reset is written as a select on the 0/1 spike, which gives the same value
+ * as the loop's product form (h * (1 - s) etc.) for s in {0, 1}. */
+#define CHARGE_0(v, x) ((v) + ((x) - ((v) - r)) / tau)     /* decay_input (r = 0 gives v - 0 = v) */
+#define CHARGE_2(v, x) ((v) * c + (x))                      /* no decay_input, v_reset 0          */
+#define CHARGE_3(v, x) ((v) - ((v) - r) / tau + (x))        /* no decay_input, v_reset r          */
+#define CHARGE_4(v, x) ((v) + (x))                          /* IF                                  */
+#define RESET_0(h) ((h) - vth)                              /* soft                               */
+#define RESET_1(h) ((h) * 0.0f)                             /* hard to 0: h * (1 - 1)             */
+#define RESET_2(h) (0.0f * (h) + r)                         /* hard to r: (1 - 1) * h + 1 * r     */
+
+/* exp for the backward's sigmoid: Cephes' expf polynomial (rel. error ~2e-7), written without
+ * calls or branches so that the compiler vectorises the loops around it. */
+static inline float exp_approx(float x) {
+    x = x > 88.0f ? 88.0f : (x < -87.0f ? -87.0f : x);
+    float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f; p = p * r + 8.3334519073e-3f; p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f; p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t e = ((int32_t)n + 127) << 23;
+    float scale; memcpy(&scale, &e, 4);
+    return p * scale;
+}
+#define SG_0(z) ({ float _s = 1.0f / (1.0f + exp_approx(-alpha * (z))); alpha * _s * (1.0f - _s); })
+#define SG_1(z) ({ float _q = 1.5707963267948966f * alpha * (z); (alpha / 2.0f) / (1.0f + _q * _q); })
+#define SG_2(z) (fabsf(z) <= alpha ? 1.0f : 0.0f)
+#define SG_3(z) ({ float _g = 1.0f - fabsf(z) / alpha; _g > 0.0f ? _g / alpha : 0.0f; })
+
+#define BLK 256
+
+#define LIF_FWD_BODY(CK, RK, TY, LOAD, STORE)                                                         \
+    float v[BLK];                                                                                    \
+    for (int64_t b = lo; b < hi; b += BLK) {                                                         \
+        int64_t n = hi - b < BLK ? hi - b : BLK;                                                     \
+        for (int64_t i = 0; i < n; i++) v[i] = v0;                                                   \
+        for (int64_t t = 0; t < T; t++) {                                                            \
+            const TY *xt = x + t * N + b; TY *st = s + t * N + b;                                    \
+            if (hs) {                                                                                \
+                TY *ht = hs + t * N + b;                                                             \
+                for (int64_t i = 0; i < n; i++) {                                                    \
+                    float h = CHARGE_##CK(v[i], LOAD(xt + i));                                       \
+                    int f = h >= vth;                                                                \
+                    STORE(st + i, f ? 1.0f : 0.0f); STORE(ht + i, h);                                \
+                    v[i] = f ? RESET_##RK(h) : h;                                                    \
+                }                                                                                    \
+            } else {                                                                                 \
+                for (int64_t i = 0; i < n; i++) {                                                    \
+                    float h = CHARGE_##CK(v[i], LOAD(xt + i));                                       \
+                    int f = h >= vth;                                                                \
+                    STORE(st + i, f ? 1.0f : 0.0f);                                                  \
+                    v[i] = f ? RESET_##RK(h) : h;                                                    \
+                }                                                                                    \
+            }                                                                                        \
+        }                                                                                            \
+    }
+
+#define LIF_BWD_BODY(SK, TY, LOAD, STORE)                                                             \
+    float gv[BLK];                                                                                   \
+    const float soft = rkind == 0 ? 1.0f : 0.0f, keepg = detach ? 0.0f : 1.0f;                       \
+    for (int64_t b = lo; b < hi; b += BLK) {                                                         \
+        int64_t n = hi - b < BLK ? hi - b : BLK;                                                     \
+        for (int64_t i = 0; i < n; i++) gv[i] = 0.0f;                                                \
+        for (int64_t t = T - 1; t >= 0; t--) {                                                       \
+            const TY *gst = gs + t * N + b, *ht = hs + t * N + b; TY *gxt = gx + t * N + b;          \
+            for (int64_t i = 0; i < n; i++) {                                                        \
+                float h = LOAD(ht + i), z = h - vth;                                                 \
+                float sg = SG_##SK(z);                                                               \
+                float m = z < 0.0f ? 1.0f : 0.0f;                                                    \
+                /* soft: dV/dH = 1 - keepg vth g;  hard: dV/dH = (1 - S) + keepg (r - H) g */        \
+                float dvdh = soft + (1.0f - soft) * m + keepg * (soft * -vth + (1.0f - soft) * (r - h)) * sg; \
+                float gh = LOAD(gst + i) * sg + gv[i] * dvdh;                                        \
+                STORE(gxt + i, gh * bcoef);                                                          \
+                gv[i] = gh * a;                                                                      \
+            }                                                                                        \
+        }                                                                                            \
+    }
+
+#define TERN_BWD_BODY(SK, TY, LOAD, STORE)                                                            \
+    float gu[BLK];                                                                                   \
+    const float keepg = detach ? 0.0f : 1.0f;                                                        \
+    for (int64_t b = lo; b < hi; b += BLK) {                                                         \
+        int64_t n = hi - b < BLK ? hi - b : BLK;                                                     \
+        for (int64_t i = 0; i < n; i++) gu[i] = 0.0f;                                                \
+        for (int64_t t = T - 1; t >= 0; t--) {                                                       \
+            const TY *got = go + t * N + b, *ut = us + t * N + b; TY *gxt = gx + t * N + b;          \
+            for (int64_t i = 0; i < n; i++) {                                                        \
+                float uu = LOAD(ut + i);                                                             \
+                float sgn = uu < 0.0f ? -1.0f : 1.0f;                                                \
+                float mag = sgn * uu - vth;                                                          \
+                float out = mag >= 0.0f ? sgn : 0.0f;                                                \
+                /* u[t+1] = decay u[t] (1 - |o[t]|) + x[t+1]; d|o|/do = sign(o) */                   \
+                float g_o = LOAD(got + i) - keepg * gu[i] * decay * uu * out;                        \
+                float g = gu[i] * decay * (1.0f - fabsf(out)) + g_o * SG_##SK(mag);                  \
+                STORE(gxt + i, g);                                                                   \
+                gu[i] = g;                                                                           \
+            }                                                                                        \
+        }                                                                                            \
+    }
+
+#define DEFINE_KERNELS(SUF, TY, LOAD, STORE)                                                          \
+void lif_forward_##SUF(const TY *__restrict x, TY *__restrict s, TY *__restrict hs, int64_t T, int64_t N, int64_t lo, int64_t hi,     \
+                       int ckind, int rkind, float tau, float c, float r, float vth, float v0) {     \
+    if (ckind == 1) ckind = 0;                                                                       \
+    switch (ckind * 3 + rkind) {                                                                     \
+    case 0: { LIF_FWD_BODY(0, 0, TY, LOAD, STORE) break; }                                           \
+    case 1: { LIF_FWD_BODY(0, 1, TY, LOAD, STORE) break; }                                           \
+    case 2: { LIF_FWD_BODY(0, 2, TY, LOAD, STORE) break; }                                           \
+    case 6: { LIF_FWD_BODY(2, 0, TY, LOAD, STORE) break; }                                           \
+    case 7: { LIF_FWD_BODY(2, 1, TY, LOAD, STORE) break; }                                           \
+    case 8: { LIF_FWD_BODY(2, 2, TY, LOAD, STORE) break; }                                           \
+    case 9: { LIF_FWD_BODY(3, 0, TY, LOAD, STORE) break; }                                           \
+    case 10: { LIF_FWD_BODY(3, 1, TY, LOAD, STORE) break; }                                          \
+    case 11: { LIF_FWD_BODY(3, 2, TY, LOAD, STORE) break; }                                          \
+    case 12: { LIF_FWD_BODY(4, 0, TY, LOAD, STORE) break; }                                          \
+    case 13: { LIF_FWD_BODY(4, 1, TY, LOAD, STORE) break; }                                          \
+    default: { LIF_FWD_BODY(4, 2, TY, LOAD, STORE) break; }                                          \
+    }                                                                                                \
+}                                                                                                    \
+void lif_backward_##SUF(const TY *__restrict gs, const TY *__restrict hs, TY *__restrict gx, int64_t T, int64_t N, int64_t lo,        \
+                        int64_t hi, int rkind, int detach, float a, float bcoef, float vth, float r, \
+                        int skind, float alpha) {                                                    \
+    switch (skind) {                                                                                 \
+    case 0: { LIF_BWD_BODY(0, TY, LOAD, STORE) break; }                                              \
+    case 1: { LIF_BWD_BODY(1, TY, LOAD, STORE) break; }                                              \
+    case 2: { LIF_BWD_BODY(2, TY, LOAD, STORE) break; }                                              \
+    default: { LIF_BWD_BODY(3, TY, LOAD, STORE) break; }                                             \
+    }                                                                                                \
+}                                                                                                    \
+void ternary_forward_##SUF(const TY *__restrict x, TY *__restrict o, TY *__restrict us, int64_t T, int64_t N, int64_t lo, int64_t hi,  \
+                           float decay, float vth) {                                                 \
+    float u[BLK], ob[BLK];                                                                           \
+    for (int64_t b = lo; b < hi; b += BLK) {                                                         \
+        int64_t n = hi - b < BLK ? hi - b : BLK;                                                     \
+        for (int64_t i = 0; i < n; i++) { u[i] = 0.0f; ob[i] = 0.0f; }                               \
+        for (int64_t t = 0; t < T; t++) {                                                            \
+            const TY *xt = x + t * N + b; TY *ot = o + t * N + b;                                    \
+            for (int64_t i = 0; i < n; i++) {                                                        \
+                float keep = 1.0f - fabsf(ob[i]);                                                    \
+                float uu = decay * u[i] * keep + LOAD(xt + i);                                       \
+                float sgn = uu < 0.0f ? -1.0f : 1.0f;                                                \
+                float out = (sgn * uu - vth >= 0.0f) ? sgn : 0.0f;                                   \
+                STORE(ot + i, out);                                                                  \
+                if (us) STORE(us + t * N + b + i, uu);                                               \
+                u[i] = uu; ob[i] = out;                                                              \
+            }                                                                                        \
+        }                                                                                            \
+    }                                                                                                \
+}                                                                                                    \
+void ternary_backward_##SUF(const TY *__restrict go, const TY *__restrict us, TY *__restrict gx, int64_t T, int64_t N, int64_t lo,     \
+                            int64_t hi, int detach, float decay, float vth, int skind, float alpha) { \
+    switch (skind) {                                                                                 \
+    case 0: { TERN_BWD_BODY(0, TY, LOAD, STORE) break; }                                             \
+    case 1: { TERN_BWD_BODY(1, TY, LOAD, STORE) break; }                                             \
+    case 2: { TERN_BWD_BODY(2, TY, LOAD, STORE) break; }                                             \
+    default: { TERN_BWD_BODY(3, TY, LOAD, STORE) break; }                                            \
+    }                                                                                                \
+}
+
+DEFINE_KERNELS(f32, float, f32_load, f32_store)
+DEFINE_KERNELS(bf16, uint16_t, bf16_load, bf16_store)
+
+int spikeformers_kernels_version(void) { return 1; }

@@ -1,0 +1,285 @@
+"""Fused multi-step neuron kernels (CPU): one pass over T, built at run time, with a fallback.
+
+``csrc/neurons.c`` holds the forward and the hand-written backward of LIF / IF and of the ternary
+neuron for float32 and bfloat16 tensors laid out ``[T, N]``. On first use it is compiled with the
+system C compiler (``$CC``, else ``cc`` / ``gcc`` / ``clang``) into
+``$SPIKEFORMERS_CACHE`` (default ``~/.cache/spikeformers/kernels``), keyed by a hash of the source,
+the compiler and the flags, and loaded with :mod:`ctypes` (which releases the GIL, so large tensors
+are split across ``torch.get_num_threads()`` Python threads). No torch headers, no ninja, about a
+second to build.
+
+If no compiler is found, the build fails, or ``SPIKEFORMERS_KERNELS=0`` is set, :func:`available`
+returns False and the neurons run their plain PyTorch loop instead (same spikes in float32: the
+kernel repeats the loop's IEEE operations in the same order, built with ``-ffp-contract=off``).
+``python -m spikeformers.kernels`` builds the kernel and prints where it is (or why not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+__all__ = ["available", "status", "supports", "disabled", "lif_forward", "lif_backward",
+           "ternary_forward", "ternary_backward"]
+
+_SRC = Path(__file__).with_name("csrc") / "neurons.c"
+_COMMON = ["-O3", "-march=native", "-fPIC", "-shared"]
+_STRICT = _COMMON + ["-ffp-contract=off", "-fno-fast-math"]   # forward: bit-identical to the loop
+_FAST = _COMMON + ["-ffast-math", "-fno-finite-math-only", "-fopenmp-simd"]  # backward: vector expf
+_lock = threading.Lock()
+_lib = None
+_why = None  # why the kernel is unavailable (None: not tried yet or loaded)
+_pool: ThreadPoolExecutor | None = None
+_enabled = True  # see disabled()
+_PAR_MIN = 1 << 15  # elements per time step below which one thread does the whole block
+
+_CHARGE = {"decay": 0, "decay_r": 1, "nodecay": 2, "nodecay_r": 3, "if": 4}
+_RESET = {"soft": 0, "zero": 1, "value": 2}
+_SURROGATE = {"sigmoid": (0, "alpha"), "atan": (1, "alpha"), "straight_through": (2, "width"),
+              "triangle": (3, "width")}
+
+
+def _compiler() -> str | None:
+    for cand in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if cand and shutil.which(cand):
+            return shutil.which(cand)
+    return None
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("SPIKEFORMERS_CACHE")
+    return Path(root) / "kernels" if root else Path.home() / ".cache" / "spikeformers" / "kernels"
+
+
+def _cpu_id() -> bytes:
+    """-march=native code is only valid on this kind of CPU: the cache key includes its flags."""
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            return next((ln for ln in f if ln.startswith((b"flags", b"Features"))), b"")
+    except OSError:
+        return platform.processor().encode()
+
+
+def _build(flags: list[str], tag: str) -> Path:
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found (tried $CC, cc, gcc, clang)")
+    src = _SRC.read_bytes()
+    key = hashlib.sha256(src + cc.encode() + " ".join(flags).encode() + sys.platform.encode()
+                         + platform.machine().encode() + _cpu_id()).hexdigest()[:16]
+    out = _cache_dir() / f"neurons-{tag}-{key}.so"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        tmp_so = Path(tmp) / out.name
+        r = subprocess.run([cc, *flags, "-o", str(tmp_so), str(_SRC), "-lm"], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"{cc} failed to build {_SRC.name}: {r.stderr.strip()[:2000]}")
+        os.replace(tmp_so, out)  # atomic: concurrent builders never load a half-written file
+    return out
+
+
+def _declare(lib) -> None:
+    """Argument types of the C functions (a wrong call would otherwise corrupt memory silently)."""
+    i64, f, i, p = ctypes.c_int64, ctypes.c_float, ctypes.c_int, ctypes.c_void_p
+    for suf in ("f32", "bf16"):
+        getattr(lib, f"lif_forward_{suf}").argtypes = [p, p, p, i64, i64, i64, i64, i, i, f, f, f, f, f]
+        getattr(lib, f"lif_backward_{suf}").argtypes = [p, p, p, i64, i64, i64, i64, i, i, f, f, f, f, i, f]
+        getattr(lib, f"ternary_forward_{suf}").argtypes = [p, p, p, i64, i64, i64, i64, f, f]
+        getattr(lib, f"ternary_backward_{suf}").argtypes = [p, p, p, i64, i64, i64, i64, i, f, f, i, f]
+        for n in ("lif_forward", "lif_backward", "ternary_forward", "ternary_backward"):
+            getattr(lib, f"{n}_{suf}").restype = None
+
+
+class _Lib:
+    """Forward functions from the strict build, backward functions from the fast-math build."""
+
+    def __init__(self, strict, fast):
+        _declare(strict)
+        _declare(fast)
+        self._name = strict._name
+        for suf in ("f32", "bf16"):
+            for n in ("lif_forward", "ternary_forward"):
+                setattr(self, f"{n}_{suf}", getattr(strict, f"{n}_{suf}"))
+            for n in ("lif_backward", "ternary_backward"):
+                setattr(self, f"{n}_{suf}", getattr(fast, f"{n}_{suf}"))
+
+
+def _load():
+    global _lib, _why
+    if _lib is not None or _why is not None:
+        return _lib
+    with _lock:
+        if _lib is not None or _why is not None:
+            return _lib
+        if os.environ.get("SPIKEFORMERS_KERNELS", "1").lower() in ("0", "false", "off", "no"):
+            _why = "disabled by SPIKEFORMERS_KERNELS=0"
+            return None
+        try:
+            strict = ctypes.CDLL(str(_build(_STRICT, "strict")))
+            fast = ctypes.CDLL(str(_build(_FAST, "fast")))
+            _lib = _Lib(strict, fast)
+        except (OSError, RuntimeError, AttributeError) as e:
+            _why = f"{type(e).__name__}: {e}"
+            warnings.warn(f"spikeformers: fused neuron kernel unavailable ({_why}); using the plain "
+                          "PyTorch loop (same results, slower)", RuntimeWarning, stacklevel=3)
+    return _lib
+
+
+def available() -> bool:
+    """True when the compiled kernel is loaded (building it on first call)."""
+    return _load() is not None
+
+
+def status() -> str:
+    """One line: where the kernel is, or why it is not used."""
+    if _load() is not None:
+        return f"fused neuron kernel: {_lib._name}"
+    return f"fused neuron kernel unavailable: {_why}"
+
+
+@contextlib.contextmanager
+def disabled():
+    """Run the plain PyTorch loops inside this block (tests compare both paths with it)."""
+    global _enabled
+    old, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = old
+
+
+def supports(x: torch.Tensor) -> bool:
+    """Whether ``x[T, ...]`` can go through the kernel: a CPU float32/bfloat16 tensor whose every
+    time step is one dense block (contiguous or channels-last inside), and a loaded kernel. Under
+    ``torch.compile`` the plain loop is traced instead (the compiler fuses it itself)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or x.dim() < 1:
+        return False
+    if not _enabled or x.numel() == 0 or torch.compiler.is_compiling() or not _dense_time_major(x):
+        return False
+    return available()
+
+
+def _dense_time_major(x: torch.Tensor) -> bool:
+    """x[t] is one dense block of x[0].numel() elements at offset t * stride(0)."""
+    n = x[0].numel() if x.dim() > 1 else 1
+    if x.shape[0] > 1 and x.stride(0) != n:
+        return False
+    expect = 1
+    for s, d in sorted((s, d) for s, d in zip(x.stride()[1:], x.shape[1:]) if d != 1):
+        if s != expect:
+            return False
+        expect *= d
+    return True
+
+
+def _run(fn, T: int, N: int, *args) -> None:
+    """Call ``fn(..., T, N, lo, hi, ...)`` on slices of N, in parallel for large N."""
+    global _pool
+    head, tail = args
+    nt = max(1, torch.get_num_threads())
+    if nt == 1 or N < _PAR_MIN:
+        fn(*head, T, N, 0, N, *tail)
+        return
+    if _pool is None or _pool._max_workers < nt:
+        _pool = ThreadPoolExecutor(max_workers=nt, thread_name_prefix="spikeformers-neuron")
+    step = -(-N // nt)
+    step = -(-step // 256) * 256  # whole blocks
+    futs = [_pool.submit(fn, *head, T, N, lo, min(N, lo + step), *tail) for lo in range(0, N, step)]
+    for f in futs:
+        f.result()
+
+
+def _suffix(x: torch.Tensor) -> str:
+    return "f32" if x.dtype == torch.float32 else "bf16"
+
+
+def _surrogate_args(surrogate) -> tuple[int, float]:
+    kind, attr = _SURROGATE[surrogate.name]
+    return kind, float(getattr(surrogate, attr))
+
+
+def lif_kinds(neuron) -> tuple[int, int, float, float, float]:
+    """(charge kind, reset kind, tau, c, r) of a LIF/IF neuron, mirroring ``charge``/``reset``."""
+    r = 0.0 if neuron.v_reset is None else neuron.v_reset
+    tau = getattr(neuron, "tau", None)
+    if tau is None:  # IF
+        ck, tau, c = _CHARGE["if"], 1.0, 0.0
+    elif neuron.decay_input:
+        ck, c = (_CHARGE["decay"] if r == 0.0 else _CHARGE["decay_r"]), 0.0
+    else:
+        ck, c = (_CHARGE["nodecay"] if r == 0.0 else _CHARGE["nodecay_r"]), 1.0 - 1.0 / tau
+    rk = _RESET["soft"] if neuron.v_reset is None else (_RESET["zero"] if r == 0.0 else _RESET["value"])
+    return ck, rk, float(tau), float(c), float(r)
+
+
+def lif_forward(neuron, x: torch.Tensor, keep_h: bool):
+    """Spikes (and the pre-spike potentials H if ``keep_h``) of a fixed-coefficient LIF/IF."""
+    ck, rk, tau, c, r = lif_kinds(neuron)
+    T = x.shape[0]
+    N = x.numel() // T
+    s = torch.empty_like(x)
+    hs = torch.empty_like(x) if keep_h else None
+    v0 = 0.0 if neuron.v_reset is None else neuron.v_reset
+    fn = getattr(_load(), f"lif_forward_{_suffix(x)}")
+    _run(fn, T, N, (x.data_ptr(), s.data_ptr(), hs.data_ptr() if keep_h else None),
+         (ck, rk, tau, c, r, neuron.v_threshold, v0))
+    return s, hs
+
+
+def lif_backward(neuron, grad_s: torch.Tensor, hs: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    _, rk, _, _, r = lif_kinds(neuron)
+    grad_s = grad_s.to(hs.dtype)
+    if grad_s.stride() != hs.stride():
+        grad_s = torch.empty_like(hs).copy_(grad_s)
+    T = hs.shape[0]
+    N = hs.numel() // T
+    gx = torch.empty_like(hs)
+    sk, alpha = _surrogate_args(neuron.surrogate)
+    fn = getattr(_load(), f"lif_backward_{_suffix(hs)}")
+    _run(fn, T, N, (grad_s.data_ptr(), hs.data_ptr(), gx.data_ptr()),
+         (rk, int(neuron.detach_reset), a, b, neuron.v_threshold, r, sk, alpha))
+    return gx
+
+
+def ternary_forward(neuron, x: torch.Tensor, keep_u: bool):
+    T = x.shape[0]
+    N = x.numel() // T
+    o = torch.empty_like(x)
+    us = torch.empty_like(x) if keep_u else None
+    fn = getattr(_load(), f"ternary_forward_{_suffix(x)}")
+    _run(fn, T, N, (x.data_ptr(), o.data_ptr(), us.data_ptr() if keep_u else None),
+         (neuron.decay, neuron.v_threshold))
+    return o, us
+
+
+def ternary_backward(neuron, grad_o: torch.Tensor, us: torch.Tensor) -> torch.Tensor:
+    grad_o = grad_o.to(us.dtype)
+    if grad_o.stride() != us.stride():
+        grad_o = torch.empty_like(us).copy_(grad_o)
+    T = us.shape[0]
+    N = us.numel() // T
+    gx = torch.empty_like(us)
+    sk, alpha = _surrogate_args(neuron.surrogate)
+    fn = getattr(_load(), f"ternary_backward_{_suffix(us)}")
+    _run(fn, T, N, (grad_o.data_ptr(), us.data_ptr(), gx.data_ptr()),
+         (int(neuron.detach_reset), neuron.decay, neuron.v_threshold, sk, alpha))
+    return gx
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(status())

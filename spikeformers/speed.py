@@ -1,0 +1,121 @@
+"""Speed paths that keep a model's parameters and state dict: 1x1 convolutions as matrix products,
+channels-last memory, BatchNorm folding for inference, and the settings the trainer and
+``spikeformers bench`` use.
+
+- :func:`optimize` (training and inference): every 1x1 ``Conv1d`` / ``Conv2d`` (stride 1, no
+  padding, groups 1) computes ``F.linear`` over the channel axis instead of a oneDNN convolution
+  (same weights, same state dict; on CPU the bf16 matmul is several times faster than the 1x1
+  convolution, its backward most of all), and 4-D tensors flow channels-last, so that the token
+  matrix ``[T*B*H*W, C]`` of a 1x1 conv is a view, not a copy. Results equal the plain model's up to
+  float32 summation order (a different, equally exact order; see ``tests/test_speed.py``).
+- :func:`fuse` (inference): folds every BatchNorm into the conv / linear that feeds it,
+  ``W' = W * g / sqrt(v + eps)``, ``b' = (b - m) * g / sqrt(v + eps) + beta``, and replaces the BN by
+  ``nn.Identity``. Only pairs named ``<x>_conv<i>`` / ``<x>_linear<i>`` -> ``<x>_bn<i>`` in the
+  same module are folded (the models build conv -> BN adjacently under these names); any other
+  BatchNorm stays as it is and is reported.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["MatmulConv1d", "MatmulConv2d", "optimize", "fuse", "unfused_batchnorms"]
+
+
+class MatmulConv2d(nn.Conv2d):
+    """A 1x1 ``nn.Conv2d`` evaluated as ``F.linear`` on the channels-last view (same parameters)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            return super().forward(x)
+        y = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)  # [N, H, W, C']
+        return y.permute(0, 3, 1, 2)                                             # channels-last NCHW
+
+
+class MatmulConv1d(nn.Conv1d):
+    """A kernel-1 ``nn.Conv1d`` evaluated as ``F.linear`` over the channel axis."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3:
+            return super().forward(x)
+        return F.linear(x.transpose(1, 2), self.weight.flatten(1), self.bias).transpose(1, 2)
+
+
+def _is_pointwise(m: nn.Module) -> bool:
+    if type(m) not in (nn.Conv1d, nn.Conv2d):
+        return False
+    k = m.kernel_size
+    return (all(v == 1 for v in k) and all(v == 1 for v in m.stride) and all(v == 0 for v in m.padding)
+            and all(v == 1 for v in m.dilation) and m.groups == 1 and m.padding_mode == "zeros")
+
+
+def optimize(model: nn.Module, matmul_1x1: bool = True, channels_last: bool = True) -> nn.Module:
+    """Switch ``model`` (in place) to the fast layer implementations; returns it. Parameters,
+    buffers and the state dict are unchanged, so checkpoints load either way."""
+    if matmul_1x1:
+        for m in model.modules():
+            if _is_pointwise(m):
+                m.__class__ = MatmulConv2d if isinstance(m, nn.Conv2d) else MatmulConv1d
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        model._channels_last = True
+    return model
+
+
+_BN = re.compile(r"^(?P<stem>.*)_bn(?P<sfx>\d*)$")
+
+
+def _fold(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    w = layer.weight
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f"cannot fold {bn}: it tracks no running statistics")
+    with torch.no_grad():
+        scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
+        shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+        b = layer.bias if layer.bias is not None else torch.zeros_like(bn.running_mean)
+        new_b = (b - bn.running_mean) * scale + shift
+        w.mul_(scale.reshape(-1, *([1] * (w.dim() - 1))).to(w.dtype))
+        if layer.bias is None:
+            layer.bias = nn.Parameter(new_b.to(w.dtype))
+        else:
+            layer.bias.copy_(new_b)
+
+
+def fuse(model: nn.Module) -> nn.Module:
+    """Fold every ``<x>_bn<i>`` BatchNorm into its ``<x>_conv<i>`` / ``<x>_linear<i>`` (in place,
+    eval mode only); returns the model with ``model.fused_batchnorms`` set to the count."""
+    if model.training:
+        raise ValueError("fuse() folds the BatchNorm running statistics: call model.eval() first "
+                         "(a fused model cannot be trained)")
+    n = 0
+    for parent in list(model.modules()):
+        for name, bn in list(parent.named_children()):
+            m = _BN.match(name)
+            if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or m is None:
+                continue
+            for kind in ("conv", "linear"):
+                layer = getattr(parent, f"{m['stem']}_{kind}{m['sfx']}", None)
+                if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Linear)) and layer.weight.shape[0] == bn.num_features:
+                    _fold(layer, bn)
+                    setattr(parent, name, nn.Identity())
+                    n += 1
+                    break
+    model.fused_batchnorms = n
+    model.train = _no_train.__get__(model)
+    return model
+
+
+def _no_train(self, mode: bool = True):
+    if mode:
+        raise RuntimeError("this model was fused for inference (BatchNorm folded into the convs); "
+                           "rebuild or reload it to train")
+    return nn.Module.train(self, False)
+
+
+def unfused_batchnorms(model: nn.Module) -> list[str]:
+    """Names of the BatchNorms :func:`fuse` left in place."""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

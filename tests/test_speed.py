@@ -1,0 +1,173 @@
+"""Every speed path against the plain path: the fused neuron kernel (bit-identical float32 forward,
+gradients to rounding), 1x1-as-matmul + channels-last layers, BatchNorm folding, the bench CLI."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from spikeformers import kernels
+from spikeformers.cli import main
+from spikeformers.models import create_model
+from spikeformers.neurons import IF, LIF, Ternary, Triangle
+from spikeformers.speed import MatmulConv1d, MatmulConv2d, fuse, optimize
+
+needs_kernel = pytest.mark.skipif(not kernels.available(), reason=f"no fused kernel: {kernels.status()}")
+
+NEURONS = [
+    LIF(), LIF(v_reset=None), LIF(decay_input=False), LIF(decay_input=False, v_reset=None),
+    LIF(v_reset=0.3, v_threshold=0.8), LIF(tau=3.0, v_threshold=1.5, decay_input=False),
+    LIF(v_reset=-0.2, decay_input=False, tau=1.5), LIF(tau=2.7, detach_reset=False),
+    LIF(v_reset=None, detach_reset=False, surrogate="atan"),
+    LIF(surrogate=Triangle(0.7), v_reset=0.2, detach_reset=False), IF(), IF(v_reset=None),
+    Ternary(), Ternary(detach_reset=True), Ternary(decay=0.6, v_threshold=0.3, surrogate="sigmoid"),
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("neuron", NEURONS, ids=lambda n: f"{type(n).__name__}({n.extra_repr()[:70]})")
+@pytest.mark.parametrize("shape", [(6, 70000), (4, 3, 7, 5)], ids=str)
+def test_kernel_equals_loop(neuron, shape):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(*shape, generator=g) * 1.5 + 0.3).requires_grad_()
+    gy = torch.randn(*shape, generator=g)
+    y = neuron(x)
+    y.backward(gy)
+    gk = x.grad.clone()
+    x.grad = None
+    with kernels.disabled():
+        y0 = neuron(x)
+        y0.backward(gy)
+        with torch.no_grad():
+            y0n = neuron(x)
+    with torch.no_grad():
+        yn = neuron(x)
+    assert torch.equal(y, y0) and torch.equal(yn, y0n) and torch.equal(y, yn)   # bit-identical spikes
+    torch.testing.assert_close(gk, x.grad, rtol=1e-5, atol=1e-5 * x.grad.abs().max().item())
+    assert 0 < y.abs().sum() < y.numel()
+
+
+@needs_kernel
+def test_kernel_bf16_and_channels_last():
+    x = torch.randn(4 * 8, 16, 6, 6).contiguous(memory_format=torch.channels_last).reshape(4, 8, 16, 6, 6)
+    assert not x.is_contiguous() and kernels.supports(x)
+    y = LIF()(x)
+    with kernels.disabled():
+        assert torch.equal(y, LIF()(x))
+    assert y.stride() == x.stride()
+    xb = torch.randn(4, 5000).bfloat16()
+    # bf16 input: state kept in float32 inside the kernel = the float32 loop on the same values
+    assert torch.equal(LIF()(xb).float(), LIF()(xb.float()))
+    assert torch.equal(Ternary()(xb).float(), Ternary()(xb.float()))
+
+
+def test_fallback_when_disabled_or_unsupported():
+    x = torch.randn(3, 10, dtype=torch.float64)
+    assert not kernels.supports(x)
+    with kernels.disabled():
+        assert not kernels.supports(torch.randn(3, 10))
+    assert not kernels.supports(torch.randn(3, 10).t())  # time axis not outermost
+
+
+SMALL = dict(img_size=32, num_classes=10, T=2)
+FAST_MODELS = [("sdt_2_256_cifar", dict(embed_dim=64)), ("spikformer_4_384_cifar", dict(embed_dim=64, depths=1, num_heads=4)),
+               ("qkformer_10_384", dict(embed_dim=64, num_heads=4, depths=4)), ("a2os2a_fmnist", dict(img_size=28, in_chans=1))]
+
+
+def _pair(name, kw):
+    torch.manual_seed(0)
+    a = create_model(name, **{**SMALL, **kw})
+    b = create_model(name, **{**SMALL, **kw})
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(3, a.in_chans, a.img_size, a.img_size)
+    return a, b, x
+
+
+@pytest.mark.parametrize("name,kw", FAST_MODELS, ids=lambda v: v if isinstance(v, str) else "")
+def test_fuse_equals_unfused_eval(name, kw):
+    a, b, x = _pair(name, kw)
+    a.train()
+    with torch.no_grad():  # give BN non-trivial running statistics
+        for _ in range(2):
+            a(x * 2 + 0.5)
+    b.load_state_dict(a.state_dict())
+    a.eval()
+    b.eval()
+    fuse(b)
+    assert b.fused_batchnorms > 0
+    acts_a, acts_b = [], []
+    for m, acts in ((a, acts_a), (b, acts_b)):
+        for mod in m.modules():
+            if isinstance(mod, (LIF, Ternary)):
+                mod.register_forward_hook(lambda _m, _i, o, acts=acts: acts.append(o))
+    with torch.no_grad():
+        ya, yb = a(x), b(x)
+    assert len(acts_a) == len(acts_b) > 0
+    assert all(torch.equal(s, t) for s, t in zip(acts_a, acts_b))  # identical spikes everywhere
+    torch.testing.assert_close(ya, yb, rtol=1e-4, atol=1e-5)
+    with pytest.raises(RuntimeError, match="fused"):
+        b.train()
+
+
+def test_fuse_needs_eval():
+    m = create_model("sdt_2_256_cifar", embed_dim=64, **SMALL)
+    with pytest.raises(ValueError, match="eval"):
+        fuse(m)
+
+
+@pytest.mark.parametrize("name,kw", [FAST_MODELS[0], FAST_MODELS[2]], ids=lambda v: v if isinstance(v, str) else "")
+def test_optimize_matmul_matches_plain(name, kw):
+    a, b, x = _pair(name, kw)
+    optimize(b, channels_last=False)
+    assert any(isinstance(m, (MatmulConv1d, MatmulConv2d)) for m in b.modules())
+    assert list(a.state_dict()) == list(b.state_dict())
+    ya, yb = a(x), b(x)
+    torch.testing.assert_close(ya, yb, rtol=1e-4, atol=1e-5)
+    ya.sum().backward()
+    yb.sum().backward()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=n)
+
+
+def test_channels_last_changes_only_summation_order():
+    """Channels-last convolutions sum in another order: membranes agree to float rounding, but a
+    spiking network amplifies a flipped spike, so only the first layer is compared exactly."""
+    a, b, x = _pair(*FAST_MODELS[0])
+    optimize(b)
+    seen = {id(a): [], id(b): []}
+    for m in (a, b):
+        m.patch_embed.proj_lif.register_forward_hook(lambda _m, i, o, L=seen[id(m)]: L.append((i[0], o)))
+        m(x)
+    (ha, sa), (hb, sb) = seen[id(a)][0], seen[id(b)][0]
+    torch.testing.assert_close(ha, hb, rtol=1e-5, atol=1e-5)
+    assert (sa != sb).float().mean() < 1e-3
+
+
+def test_matmul_conv_equals_conv():
+    torch.manual_seed(0)
+    c2, c1 = torch.nn.Conv2d(8, 5, 1), torch.nn.Conv1d(8, 5, 1, bias=False)
+    x2, x1 = torch.randn(3, 8, 4, 5), torch.randn(3, 8, 7)
+    y2, y1 = c2(x2), c1(x1)
+    optimize(c2, channels_last=False)
+    optimize(c1, channels_last=False)
+    assert type(c2) is MatmulConv2d and type(c1) is MatmulConv1d
+    torch.testing.assert_close(c2(x2), y2)
+    torch.testing.assert_close(c1(x1), y1)
+
+
+def test_bench_cli_json():
+    r = CliRunner().invoke(main, ["bench", "--model", "sdt_2_256_cifar", "--T", "1", "--batch", "2",
+                                  "--img-size", "16", "--reps", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output.strip().splitlines()[-1])
+    for k in ("train_img_s", "infer_img_s", "peak_mem_mb", "gflops_s", "peak_bf16_gflops_s", "peak_fp32_gflops_s"):
+        assert isinstance(d[k], float) and d[k] > 0, k
+
+
+@pytest.mark.slow
+def test_compiled_lif_matches_eager():
+    lif = LIF()
+    x = torch.randn(4, 300)
+    f = torch.compile(lambda z: lif(z))
+    assert torch.equal(f(x), lif(x))
