@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -255,6 +256,53 @@ def bench(name, T, batch, img_size, num_classes, precision, compile_, optimize, 
                f"{' (BatchNorm folded)' if fuse else ''}")
     click.echo(f"  peak memory {r.peak_mem_mb:.0f} MB; matmul peaks fp32 {r.peak_fp32_gflops_s:.0f}, "
                f"bf16 {r.peak_bf16_gflops_s:.0f} GFLOP/s; {r.kernel}")
+
+
+@main.command(context_settings={"show_default": True})
+@click.option("--attentions", required=True,
+              help="comma-separated attention names, or 'all' (ssa, sdsa, qk_token, qk_channel, dssa, a2os2a, "
+                   "statten, stmixer, ms, ds2ta)")
+@click.option("--backbone", default="spikedriven_fmnist",
+              help="registered Spike-driven Transformer or Spikformer model that takes attention=")
+@click.option("--data", default="fashion-mnist", type=click.Choice(DATASETS))
+@click.option("--data-dir", default=None, help="dataset folder (default: $SPIKEFORMERS_DATA or the system copy)")
+@click.option("--epochs", default=1, type=click.IntRange(min=1))
+@click.option("--max-steps", default=None, type=click.IntRange(min=1), help="stop each training after N optimizer steps")
+@click.option("--batch-size", default=128, type=click.IntRange(min=1))
+@click.option("--lr", default=2e-3, type=float)
+@click.option("--T", "T", default=None, type=click.IntRange(min=1), help="time steps (default: the backbone's)")
+@click.option("--seed", default=0, type=int)
+@click.option("--model-kwargs", default=None, help='JSON of backbone kwargs shared by all, e.g. \'{"embed_dim": 64}\'')
+@click.option("--attn-kwargs", default=None, help='JSON {attention: {option: value}}, e.g. \'{"statten": {"chunk": 1}}\'')
+@click.option("--eval-images", default=None, type=click.IntRange(min=1), help="test on the first N test images (default: all)")
+@click.option("--energy-images", default=256, type=click.IntRange(min=1), help="test images for firing rates and energy")
+@click.option("--speed-images", default=512, type=click.IntRange(min=1), help="test images for inference img/s")
+@click.option("--tp-keep", default=None, type=click.IntRange(min=1),
+              help="also evaluate each trained model with TP token pruning, k^2 tokens per block (no retraining)")
+@click.option("--halting", is_flag=True, help="also evaluate each trained model with STAS-style adaptive halting")
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="torch CPU threads (default: all cores)")
+@click.option("--out", default="runs/compare", help="output folder (table, CSV, JSON, plot, one run folder per attention)")
+def compare(attentions, backbone, model_kwargs, attn_kwargs, energy_images, speed_images, tp_keep, halting,
+            threads, out, **opts):
+    """Train one backbone with each attention under the same seed, data and budget; write a table
+    (accuracy, params, firing rate, energy under both accountings, train/inference img/s) as
+    Markdown and CSV, and a plot of accuracy against energy."""
+    import torch
+    from .compare import compare as run_compare
+    from .models.plugins import ATTENTIONS
+    from .train import TrainConfig
+    if threads:
+        torch.set_num_threads(threads)
+    names = list(ATTENTIONS) if attentions.strip() == "all" else [a.strip() for a in attentions.split(",") if a.strip()]
+    mk = json.loads(model_kwargs) if model_kwargs else {}
+    ak = json.loads(attn_kwargs) if attn_kwargs else {}
+    for flag, v in (("--model-kwargs", mk), ("--attn-kwargs", ak)):
+        if not isinstance(v, dict):
+            raise ValueError(f"{flag} must be a JSON object, got {v!r}")
+    base = TrainConfig(model=backbone, model_kwargs=mk, out=out, **opts)
+    rows = run_compare(names, backbone, out, base, ak, energy_images, speed_images, tp_keep, halting)
+    click.echo(Path(out, "compare.md").read_text())
+    click.echo(f"{len(rows)} rows; table {out}/compare.md and .csv, plot {out}/compare.png")
 
 
 @main.command()

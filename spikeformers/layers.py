@@ -16,7 +16,7 @@ from torch import nn
 
 from .neurons import LIF
 
-__all__ = ["seq", "lif", "MaxPool", "SPS", "SpikingMLP", "SpikingModel", "trunc_normal_init"]
+__all__ = ["seq", "lif", "MaxPool", "SPS", "IPSPS", "SpikingMLP", "SpikingModel", "trunc_normal_init"]
 
 
 def seq(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -159,3 +159,55 @@ class SpikingModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_tokens(self.to_time_first(x))
+
+
+class IPSPS(nn.Module):
+    """Information-Protection SPS of STMixer (Deng et al., NeurIPS 2024; spec others §3.1, official
+    code), with a membrane output for the membrane-shortcut backbone::
+
+        main:  s1 = SN(BN(C3/s1(x)));  s2 = SN(BN(C3/s2(s1)));  s3 = SN(BN(C3/s3(s2)))   D/8, D/4, D/2
+               m  = BN(C3/s4(s3))                                                       7D/8 channels
+        short: p  = BN(C_{2^k}/2^k(x))     one conv, kernel = stride = 2^k, on the *analog* input, D/8
+        U0 = concat(m, p)                                                              [T,B,D,H',W']
+
+    Stage i has stride 2 where ``pooling_stat[i] == "1"`` (strided convs, no max-pool); k is the
+    number of such stages, so both paths reach the same token map. The short path keeps
+    information the spiking main path loses; it is a second analog-input (MAC) layer.
+    """
+
+    def __init__(self, in_chans: int, embed_dim: int, pooling_stat: str = "1111", neuron=lif):
+        super().__init__()
+        if len(pooling_stat) != 4 or set(pooling_stat) - {"0", "1"}:
+            raise ValueError(f"pooling_stat must be 4 characters of 0/1, got {pooling_stat!r}")
+        if embed_dim % 8:
+            raise ValueError(f"embed_dim must be divisible by 8 (stem widths D/8 .. 7D/8), got {embed_dim}")
+        self.pooling_stat = pooling_stat
+        widths = [in_chans, embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim - embed_dim // 8]
+        for i in range(4):
+            stride = 2 if pooling_stat[i] == "1" else 1
+            setattr(self, f"proj_conv{i}", nn.Conv2d(widths[i], widths[i + 1], 3, stride, 1, bias=False))
+            setattr(self, f"proj_bn{i}", nn.BatchNorm2d(widths[i + 1]))
+            if i < 3:
+                setattr(self, f"proj_lif{i}", neuron())
+        f = 2 ** pooling_stat.count("1")
+        self.short_conv = nn.Conv2d(in_chans, embed_dim // 8, f, f, bias=False)
+        self.short_bn = nn.BatchNorm2d(embed_dim // 8)
+
+    def out_size(self, img_size: int) -> int:
+        for p in self.pooling_stat:
+            img_size = (img_size - 1) // 2 + 1 if p == "1" else img_size
+        return img_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [T, B, C, H, W]
+        s = x
+        for i in range(4):
+            conv, bn = getattr(self, f"proj_conv{i}"), getattr(self, f"proj_bn{i}")
+            s = seq(lambda z: bn(conv(z)), s)
+            if i < 3:
+                s = getattr(self, f"proj_lif{i}")(s)
+        p = seq(lambda z: self.short_bn(self.short_conv(z)), x)
+        if p.shape[-2:] != s.shape[-2:]:
+            raise ValueError(f"IPSPS: the short path gives a {tuple(p.shape[-2:])} map, the main path "
+                             f"{tuple(s.shape[-2:])}; expected an input size divisible by "
+                             f"{self.short_conv.stride[0]}, got {tuple(x.shape[-2:])}")
+        return torch.cat([s, p], dim=2)

@@ -62,6 +62,7 @@ class TrainConfig:
     out: str = "runs/a2os2a_fmnist"
     resume: bool = False
     max_steps: int | None = None  # stop after this many optimizer steps (smoke runs)
+    eval_images: int | None = None  # evaluate on the first N test images only (quick comparisons)
     model_kwargs: dict = field(default_factory=dict)
     # --- optimizer and schedule (paper recipes, configs/*.yaml) ---
     optimizer: str = "adamw"     # adamw | lamb | sgd | adam
@@ -144,6 +145,8 @@ def build_data(cfg: TrainConfig, rank: int = 0, world_size: int = 1):
         return _build_generic_data(cfg, rank, world_size)
     xtr, ytr = load_fashion_mnist("train", cfg.data_dir)
     xte, yte = load_fashion_mnist("test", cfg.data_dir)
+    if cfg.eval_images is not None:
+        xte, yte = xte[:cfg.eval_images], yte[:cfg.eval_images]
     train = InMemoryLoader(xtr, ytr, cfg.batch_size, fmnist.MEAN, fmnist.STD, train=True,
                            padding=cfg.padding, flip=cfg.flip, seed=cfg.seed, drop_last=True)
     test = InMemoryLoader(xte, yte, max(cfg.batch_size, 256), fmnist.MEAN, fmnist.STD)
@@ -188,6 +191,8 @@ def _build_generic_data(cfg: TrainConfig, rank: int, world_size: int):
     train_ds = build_dataset(cfg.data, cfg.data_dir, True, progress=rank == 0, **kw) \
         if cfg.data in ("dvs128-gesture", "cifar10-dvs") else build_dataset(cfg.data, cfg.data_dir, True, **kw)
     test_ds = build_dataset(cfg.data, cfg.data_dir, False, **kw)
+    if cfg.eval_images is not None:
+        test_ds = torch.utils.data.Subset(test_ds, range(min(cfg.eval_images, len(test_ds))))
     info = train_ds.info
     train = _Loader(train_ds, cfg.batch_size, True, cfg.workers, cfg.seed, rank, world_size, cfg.accum_steps)
     test = _Loader(test_ds, max(cfg.batch_size, 64), False, cfg.workers, cfg.seed, 0, 1)
@@ -428,5 +433,7 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"accum_steps must be >= 1, got {cfg.accum_steps}")
     if cfg.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {cfg.precision!r}")
+    if cfg.eval_images is not None and cfg.eval_images < 1:
+        raise ValueError(f"eval_images must be >= 1 (or None for the whole test set), got {cfg.eval_images}")
     if cfg.sched_per not in ("step", "epoch"):
         raise ValueError(f"sched_per must be 'step' or 'epoch', got {cfg.sched_per!r}")

@@ -50,7 +50,7 @@ from ..layers import MaxPool, SpikingModel, lif, seq
 from .registry import register_model
 from .spikformer import ConvMLP, ConvSSA
 
-__all__ = ["QKFormer", "TokenQKAttention"]
+__all__ = ["QKFormer", "TokenQKAttention", "ChannelQKAttention"]
 
 _LAYOUTS = ("imagenet", "cifar", "dvs")
 
@@ -126,11 +126,13 @@ class PatchEmbeddingStage(nn.Module):
 class TokenQKAttention(nn.Module):
     """Q-K token attention (QKTA; formula in the module docstring). x: [T, B, C, H, W]."""
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, proj_neuron: bool = True):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"QKTA dim {dim} must be divisible by num_heads {num_heads}")
         self.num_heads = num_heads
+        self.proj_neuron = proj_neuron  # False: return BN(proj(.)) (membrane-shortcut plug-in use)
+        self.attn_map = nn.Identity()   # hook point: the binary mask
         self.q_conv, self.q_bn, self.q_lif = nn.Conv1d(dim, dim, 1, bias=False), nn.BatchNorm1d(dim), lif()
         self.k_conv, self.k_bn, self.k_lif = nn.Conv1d(dim, dim, 1, bias=False), nn.BatchNorm1d(dim), lif()
         self.attn_lif = lif(v_threshold=0.5)
@@ -141,10 +143,34 @@ class TokenQKAttention(nn.Module):
         x = x.flatten(3)                                                              # [T, B, C, N]
         q = self.q_lif(seq(lambda z: self.q_bn(self.q_conv(z)), x)).reshape(T, B, self.num_heads, -1, H * W)
         k = self.k_lif(seq(lambda z: self.k_bn(self.k_conv(z)), x)).reshape(T, B, self.num_heads, -1, H * W)
-        attn = self.attn_lif(torch.sum(q, dim=3, keepdim=True))                       # [T, B, h, 1, N]
+        attn = self.attn_map(self.mask(q, x))                                         # [T, B, h, 1, N]
         y = (attn * k).flatten(2, 3)                                                  # [T, B, C, N]
         y = seq(lambda z: self.proj_bn(self.proj_conv(z)), y).reshape(T, B, C, H, W)
-        return self.proj_lif(y)
+        return self.proj_lif(y) if self.proj_neuron else y
+
+    def mask(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The binary mask from Q [T,B,h,d,N] (x [T,B,C,N] is the block input, for subclasses):
+        one token mask per head, SN_0.5(sum over the head's channels of Q)."""
+        return self.attn_lif(torch.sum(q, dim=3, keepdim=True))
+
+
+class ChannelQKAttention(TokenQKAttention):
+    """Q-K channel attention (QKCA), QKFormer's transposed variant, which is *not* in the released
+    code (spec §4.5): one binary channel mask per head from the token sum of Q::
+
+        A = SN_th( sum over the N tokens of Q )     [T,B,h,d,1]
+        out = SN(BN(W_p (A * K) + b_p))
+
+    [I] The paper gives no threshold; ``attn_threshold`` (default 0.5, QKTA's) is an argument.
+    With binary Q a token sum reaches 0.5 as soon as one token fires, so most channels pass;
+    a larger threshold makes the mask selective."""
+
+    def __init__(self, dim: int, num_heads: int, proj_neuron: bool = True, attn_threshold: float = 0.5):
+        super().__init__(dim, num_heads, proj_neuron)
+        self.attn_lif = lif(v_threshold=attn_threshold)
+
+    def mask(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.attn_lif(torch.sum(q, dim=4, keepdim=True))
 
 
 class QKFormerBlock(nn.Module):

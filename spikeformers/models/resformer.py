@@ -86,7 +86,7 @@ class DSSA(nn.Module):
     momentum = 0.999
 
     def __init__(self, dim: int, num_heads: int, patch_size: int, tokens: int | None = None,
-                 fixed_tokens: bool = False, neuron=None):
+                 fixed_tokens: bool = False, neuron=None, residual: bool = True):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"DSSA dim {dim} must be divisible by num_heads {num_heads}")
@@ -95,6 +95,8 @@ class DSSA(nn.Module):
         neuron = neuron or _neuron_factory("LIF")
         self.dim, self.num_heads, self.patch_size = dim, num_heads, patch_size
         self.tokens, self.fixed_tokens = tokens, fixed_tokens
+        self.residual = residual      # False: return the increment only (plug-in use)
+        self.attn_map = nn.Identity()  # hook point: the binary attention A [T,B,h,N',HW]
         self.register_buffer("firing_rate_x", torch.zeros(1, 1, num_heads, 1, 1))
         self.register_buffer("firing_rate_attn", torch.zeros(1, 1, num_heads, 1, 1))
         self._rate_started = {"firing_rate_x": False, "firing_rate_attn": False}
@@ -131,13 +133,14 @@ class DSSA(nn.Module):
         xs = xs.reshape(T, B, h, d, -1)
 
         scale1 = 1.0 / torch.sqrt(self._rate("firing_rate_x", xs) * (self.dim // h))
-        attn = self.activation_attn(torch.matmul(y1.transpose(-1, -2), xs) * scale1)  # [T,B,h,N',HW]
+        attn = self.attn_map(self.activation_attn(torch.matmul(y1.transpose(-1, -2), xs) * scale1))
 
         tokens = self.tokens if self.fixed_tokens else n_pooled
         scale2 = 1.0 / torch.sqrt(self._rate("firing_rate_attn", attn) * tokens)
         out = (torch.matmul(y2, attn) * scale2).reshape(T, B, C, H, W)
         out = self.activation_out(out)
-        return seq(lambda z: self.norm_proj(self.Wproj(z)), out) + x
+        out = seq(lambda z: self.norm_proj(self.Wproj(z)), out)
+        return out + x if self.residual else out
 
 
 class GWFFN(nn.Module):

@@ -8,9 +8,15 @@ forward pass, on membrane potentials ``U`` (real) and spikes ``S`` (binary)::
                      U  = U' + MLP(U')            MLP fires its input: SN(U')
     y  = mean_T( Linear( SN( mean_HW(U) ) ) )     head: pool the membrane, fire, classify
 
-The attention is pluggable (``attention="sdsa"`` the paper's, ``"a2os2a"`` for A²OS²A). State-dict
-names equal the official ones (``patch_embed.*``, ``block.{i}.attn.*``, ``block.{i}.mlp.*``,
-``head.*``), without the official attention's unused ``talking_heads`` weight.
+The attention is a plug-in (``attention="sdsa"`` the paper's; any name of
+:data:`spikeformers.models.plugins.ATTENTIONS`, e.g. ``"a2os2a"``, ``"statten"``, ``"ssa"``, with its
+options in ``attn_kwargs``). Block-level options: ``token_keep`` (TP-Spikformer token pruning: per
+block, only the top-k² tokens by information-retaining score run the block, the others skip it),
+``halting`` (STAS-style adaptive halting, a dict of :class:`spikeformers.tokens.AdaptiveHalting`
+arguments), both also settable on a trained model (``set_token_pruning`` / ``set_halting``);
+``stem="ipsps"`` (STMixer's information-protection SPS instead of SPS). State-dict names equal the
+official ones (``patch_embed.*``, ``block.{i}.attn.*``, ``block.{i}.mlp.*``, ``head.*``), without
+the official attention's unused ``talking_heads`` weight.
 """
 
 from __future__ import annotations
@@ -18,25 +24,37 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..attention import A2OS2A, SpikeDrivenSelfAttention
-from ..layers import SPS, SpikingMLP, SpikingModel, lif, trunc_normal_init
+from .. import tokens as tok
+from ..layers import IPSPS, SPS, SpikingMLP, SpikingModel, lif, trunc_normal_init
+from .plugins import ATTENTIONS, build_attention
 from .registry import register_model
 
-ATTENTIONS = {"sdsa": SpikeDrivenSelfAttention, "a2os2a": A2OS2A}
+__all__ = ["SpikeDrivenTransformer", "MembraneShortcutBlock", "ATTENTIONS"]
 
 
 class MembraneShortcutBlock(nn.Module):
-    """One encoder block with membrane shortcuts: U' = U + Attn(U); U'' = U' + MLP(U')."""
+    """One encoder block with membrane shortcuts: U' = U + Attn(U); U'' = U' + MLP(U').
+
+    ``keep=k``: only the k² tokens of ``idx`` (TP pruning, gathered into a k x k map) run the
+    block, the others pass unchanged. ``active[T,B,1,H,W]`` (halting): inactive tokens feed a zero
+    membrane to the block and keep their own."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, attention: str = "sdsa",
-                 attn_kwargs: dict | None = None):
+                 attn_kwargs: dict | None = None, num_tokens: int | None = None):
         super().__init__()
-        if attention not in ATTENTIONS:
-            raise ValueError(f"unknown attention {attention!r}; expected one of {sorted(ATTENTIONS)}")
-        self.attn = ATTENTIONS[attention](dim, num_heads=num_heads, **(attn_kwargs or {}))
+        self.attn = build_attention(attention, dim, num_heads, stream="membrane", num_tokens=num_tokens,
+                                    **(attn_kwargs or {}))
         self.mlp = SpikingMLP(dim, int(dim * mlp_ratio))
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, keep: int | None = None, ir_local: str = "per_channel",
+                active: torch.Tensor | None = None) -> torch.Tensor:
+        if keep is not None and keep * keep < u.shape[-2] * u.shape[-1]:
+            idx = tok.select_tokens(tok.ir_score(u, ir_local), keep)
+            return tok.scatter_tokens(u, idx, self.forward(tok.gather_tokens(u, idx, keep)))
+        if active is not None:
+            v = u + self.attn(u * active)
+            v = v + self.mlp(v * active)
+            return torch.where(active.bool(), v, u)
         u = u + self.attn(u)
         return u + self.mlp(u)
 
@@ -47,25 +65,66 @@ class SpikeDrivenTransformer(SpikingModel):
     def __init__(self, img_size: int = 32, in_chans: int = 3, num_classes: int = 10,
                  embed_dim: int = 512, depth: int = 2, num_heads: int = 8, mlp_ratio: float = 4.0,
                  T: int = 4, pooling_stat: str = "0011", dvs_mode: bool = False, tet: bool = False,
-                 attention: str = "sdsa", attn_kwargs: dict | None = None):
+                 attention: str = "sdsa", attn_kwargs: dict | None = None, stem: str = "sps",
+                 token_keep: int | list | None = None, ir_local: str = "per_channel",
+                 halting: dict | None = None):
         super().__init__()
         self.img_size, self.in_chans, self.num_classes, self.T = img_size, in_chans, num_classes, T
         self.tet = tet
+        self.attention = attention
         attn_kwargs = dict(attn_kwargs or {})
         if attention == "sdsa" and dvs_mode:
             attn_kwargs.setdefault("dvs_mode", True)
-        self.patch_embed = SPS(in_chans, embed_dim, pooling_stat)
-        self.block = nn.ModuleList(MembraneShortcutBlock(embed_dim, num_heads, mlp_ratio, attention, attn_kwargs)
+        if stem not in ("sps", "ipsps"):
+            raise ValueError(f"stem must be 'sps' or 'ipsps', got {stem!r}")
+        self.patch_embed = (SPS if stem == "sps" else IPSPS)(in_chans, embed_dim, pooling_stat)
+        grid = self.patch_embed.out_size(img_size)
+        self.block = nn.ModuleList(MembraneShortcutBlock(embed_dim, num_heads, mlp_ratio, attention, attn_kwargs,
+                                                         num_tokens=grid * grid)
                                    for _ in range(depth))
         self.head_lif = lif()
         self.head = nn.Linear(embed_dim, num_classes)
         trunc_normal_init(self.patch_embed)
         trunc_normal_init(self.block)
+        self.token_keep: list | None = None
+        self.halting: tok.AdaptiveHalting | None = None
+        self.set_token_pruning(token_keep, ir_local)
+        self.set_halting(halting)
+
+    def set_token_pruning(self, keep: int | list | None, ir_local: str = "per_channel") -> None:
+        """TP-Spikformer token pruning (:func:`spikeformers.tokens.ir_score`): block i runs only on
+        the top-``keep[i]``² tokens (an int applies to every block; None or k² >= N runs all), the
+        others skip it. Works on a trained model without retraining."""
+        if keep is not None:
+            keep = [keep] * len(self.block) if isinstance(keep, int) else list(keep)
+            if len(keep) != len(self.block):
+                raise ValueError(f"token_keep needs one k per block ({len(self.block)}), got {keep}")
+            grid = self.patch_embed.out_size(self.img_size)
+            for k in keep:
+                if k is not None and not 1 <= k <= grid:
+                    raise ValueError(f"token_keep k must be in 1..{grid} (the {grid}x{grid} token map), got {k}")
+            if self.attention == "stmixer":
+                raise ValueError("token pruning cannot run STMixer: its learned mixing matrix has a fixed token count")
+            if self.halting is not None:
+                raise ValueError("token pruning and adaptive halting cannot be combined; disable one")
+        if ir_local not in tok.IR_LOCAL:
+            raise ValueError(f"ir_local must be one of {tok.IR_LOCAL}, got {ir_local!r}")
+        self.token_keep, self.ir_local = keep, ir_local
+
+    def set_halting(self, halting: dict | None) -> None:
+        """STAS-style adaptive halting (:class:`spikeformers.tokens.AdaptiveHalting`; ``{}`` for
+        its default constants, None to switch it off)."""
+        if halting is not None and self.token_keep is not None:
+            raise ValueError("token pruning and adaptive halting cannot be combined; disable one")
+        self.halting = None if halting is None else tok.AdaptiveHalting(**halting)
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         u = self.patch_embed(x)                          # [T,B,D,H',W'] membrane
-        for blk in self.block:
-            u = blk(u)
+        if self.halting is not None:
+            u = self.halting.run(self.block, u)
+        else:
+            for i, blk in enumerate(self.block):
+                u = blk(u, keep=self.token_keep[i] if self.token_keep else None, ir_local=self.ir_local)
         s = self.head_lif(u.flatten(3).mean(3))          # [T,B,D] spikes of the pooled membrane
         y = self.head(s)                                 # [T,B,K]
         return y if self.tet else y.mean(0)
@@ -152,4 +211,12 @@ def sdt_2_256_cifar10dvs(**kw):
                 meta=_meta("2.57 M", {"dvs128": 99.3}, "conf/gesture/2_256_200E_t16.yml"))
 def sdt_2_256_gesture(**kw):
     """SDT-2-256 on DVS128 Gesture (128x128 frames, pooling 0111, T=16)."""
+    return _sdt(**kw)
+
+
+@register_model(img_size=28, in_chans=1, num_classes=10, T=4, pooling_stat="1100", num_heads=8, mlp_ratio=4.0,
+                embed_dim=128, depth=1, meta={"source": "spikeformers default for Fashion-MNIST (28x28x1)"})
+def spikedriven_fmnist(**kw):
+    """Small Spike-driven Transformer for 28x28x1 input (7x7 tokens; the shape of ``a2os2a_fmnist``
+    with SDSA): the default backbone of ``spikeformers compare``. Any ``attention=`` plugs in."""
     return _sdt(**kw)

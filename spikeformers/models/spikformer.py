@@ -131,10 +131,13 @@ class ConvSSA(nn.Module):
     (outputs then depend on batch size and order). Off by default; QKFormer's converter sets it.
     """
 
-    def __init__(self, dim: int, num_heads: int, scale: float = 0.125, proj_lif_over_tb: bool = False):
+    def __init__(self, dim: int, num_heads: int, scale: float = 0.125, proj_lif_over_tb: bool = False,
+                 proj_neuron: bool = True):
         super().__init__()
         self.num_heads, self.scale = num_heads, scale
         self.proj_lif_over_tb = proj_lif_over_tb
+        self.proj_neuron = proj_neuron  # False: return BN(proj(.)) (membrane-shortcut plug-in use)
+        self.attn_map = nn.Identity()   # hook point: K^T V per head, [T,B,h,d,d]
         for n in ("q", "k", "v", "proj"):
             setattr(self, f"{n}_conv", nn.Conv1d(dim, dim, 1, bias=(n == "proj")))
             setattr(self, f"{n}_bn", nn.BatchNorm1d(dim))
@@ -149,8 +152,10 @@ class ConvSSA(nn.Module):
     def forward(self, x):  # [T, B, D, N]
         T, B, D, N = x.shape
         q, k, v = (_heads(self._branch(n, x).transpose(-1, -2), self.num_heads) for n in ("q", "k", "v"))
-        y = (q @ (k.transpose(-2, -1) @ v)) * self.scale                                   # [T,B,h,N,d]
+        y = (q @ self.attn_map(k.transpose(-2, -1) @ v)) * self.scale                      # [T,B,h,N,d]
         y = self.attn_lif(y.transpose(3, 4).reshape(T, B, D, N).contiguous())
+        if not self.proj_neuron:
+            return seq(lambda z: self.proj_bn(self.proj_conv(z)), y)
         if self.proj_lif_over_tb:
             y = seq(lambda z: self.proj_bn(self.proj_conv(z)), y)
             return self.proj_lif(y.flatten(0, 1)).reshape(T, B, D, N)

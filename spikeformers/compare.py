@@ -1,0 +1,272 @@
+"""``spikeformers compare``: every attention on one backbone, one seed, one dataset, one budget.
+
+For each attention name, :func:`compare` trains ``backbone`` with ``attention=name`` through the
+training engine (:func:`spikeformers.train.fit`, the same :class:`~spikeformers.train.TrainConfig`
+apart from the attention), then measures the trained model:
+
+* top-1 accuracy on the test set (the engine's last evaluation),
+* parameters,
+* mean firing rate and energy per image under both accountings (``paper``: the backbone family's
+  own paper's rule; ``strict``: one rule for all, AC only where an operand is a spike) and the
+  number of products without a spike operand (the addition-only audit), from
+  :func:`energy_columns` on ``energy_images`` test images,
+* training images/s (the engine's last epoch) and inference images/s (eval mode, no grad,
+  ``speed_images`` test images after one warm-up batch).
+
+Optionally, without retraining: ``tp_keep=k`` adds a row per attention with TP-Spikformer token
+pruning (k² tokens per block), ``halting=True`` a row with STAS-style adaptive halting.
+
+It writes ``compare.md`` (a Markdown table with the run's settings), ``compare.csv``,
+``compare.json`` and ``compare.png`` (accuracy against energy, both accountings) into ``out``;
+each model's checkpoints and logs are in ``out/<attention>/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .train import TrainConfig, build_data, evaluate, fit
+
+__all__ = ["compare", "energy_columns", "write_table", "plot_accuracy_energy", "COLUMNS"]
+
+COLUMNS = [
+    ("attention", "attention"),
+    ("accuracy", "top-1 (%)"),
+    ("params", "params"),
+    ("mean_firing_rate", "mean firing rate"),
+    ("energy_paper_mj", "energy paper (mJ/img)"),
+    ("energy_strict_mj", "energy strict (mJ/img)"),
+    ("non_spike_products", "non-spike products"),
+    ("train_img_s", "train img/s"),
+    ("infer_img_s", "infer img/s"),
+]
+
+
+def _neuron_rates(model: nn.Module, batches) -> float:
+    """Mean over spiking neuron modules of their output firing rate (fraction of non-zeros)."""
+    from .neurons import LIF, PLIF, Ternary
+    sums: dict[str, list[float]] = {}
+
+    def hook(name):
+        def f(m, i, o):
+            s = sums.setdefault(name, [0.0, 0.0])
+            s[0] += float((o != 0).sum())
+            s[1] += o.numel()
+        return f
+
+    hs = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, (LIF, PLIF, Ternary))]
+    try:
+        with torch.no_grad():
+            for x in batches:
+                model(x)
+    finally:
+        for h in hs:
+            h.remove()
+    rates = [a / b for a, b in sums.values() if b]
+    return sum(rates) / len(rates) if rates else float("nan")
+
+
+def energy_columns(model: nn.Module, batches: list[torch.Tensor]) -> dict:
+    """The energy columns of one trained model (eval mode) over ``batches`` of input images: mean
+    firing rate, energy per image under the ``paper`` and ``strict`` accountings, and the number
+    of products without a spike operand. Uses :mod:`spikeformers.energy` when it is installed;
+    without it the energy columns are NaN and the firing rate comes from neuron output hooks."""
+    model.eval()
+    if importlib.util.find_spec("spikeformers.energy") is None:
+        return {"mean_firing_rate": _neuron_rates(model, batches), "energy_paper_mj": float("nan"),
+                "energy_strict_mj": float("nan"), "non_spike_products": None,
+                "energy_note": "spikeformers.energy is not available: energy columns are NaN"}
+    from . import energy
+    report = energy.measure(model, batches)
+    paper, strict = report.totals("paper"), report.totals("strict")
+    rate = paper["mean_firing_rate"]
+    return {"mean_firing_rate": float("nan") if rate is None else rate,
+            "energy_paper_mj": paper["energy_mj"], "energy_strict_mj": strict["energy_mj"],
+            "non_spike_products": len(energy.audit(report)), "energy_note": paper["rule"]}
+
+
+def _images_per_second(model: nn.Module, batches: list[torch.Tensor]) -> float:
+    model.eval()
+    with torch.no_grad():
+        model(batches[0][:8])  # warm-up
+        n, t0 = 0, time.perf_counter()
+        for x in batches:
+            model(x)
+            n += len(x)
+    return n / max(time.perf_counter() - t0, 1e-9)
+
+
+def _test_batches(loader, n_images: int) -> list[torch.Tensor]:
+    out, n = [], 0
+    for x, _ in loader:
+        out.append(x[: n_images - n])
+        n += len(out[-1])
+        if n >= n_images:
+            break
+    return out
+
+
+def _measure(model, row: dict, energy_batches, speed_batches) -> dict:
+    row.update(energy_columns(model, energy_batches))
+    row["infer_img_s"] = _images_per_second(model, speed_batches)
+    return row
+
+
+def compare(attentions: list[str], backbone: str = "spikedriven_fmnist", out: str = "runs/compare",
+            base: TrainConfig | None = None, attn_kwargs: dict | None = None, energy_images: int = 256,
+            speed_images: int = 512, tp_keep: int | None = None, halting: bool = False,
+            progress: bool = True) -> list[dict]:
+    """Train and measure ``backbone`` with each attention (module docstring); returns the rows.
+    ``base`` holds every other training option (data, epochs, max_steps, seed, batch size, T,
+    model_kwargs, ...); its ``model`` and ``out`` are replaced per attention."""
+    from .checkpoint import load_checkpoint
+    from .models import model_entry
+    from .models.plugins import ATTENTIONS
+
+    if not attentions:
+        raise ValueError("compare needs at least one attention name")
+    unknown = [a for a in attentions if a not in ATTENTIONS]
+    if unknown:
+        raise ValueError(f"unknown attention(s) {unknown}; expected names from {sorted(ATTENTIONS)}")
+    if len(set(attentions)) != len(attentions):
+        raise ValueError(f"attention names repeat: {attentions}")
+    model_entry(backbone)  # an unknown backbone fails here, before any training
+    attn_kwargs = attn_kwargs or {}
+    stray = sorted(set(attn_kwargs) - set(attentions))
+    if stray:
+        raise ValueError(f"attn_kwargs for attention(s) {stray} that are not compared ({attentions})")
+    base = base or TrainConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _, test_loader, _ = build_data(TrainConfig(**{**asdict(base), "model": backbone}))
+    energy_batches = _test_batches(test_loader, energy_images)
+    speed_batches = _test_batches(test_loader, speed_images)
+
+    rows = []
+    for name in attentions:
+        mk = {**base.model_kwargs, "attention": name}
+        if name in attn_kwargs:
+            mk["attn_kwargs"] = attn_kwargs[name]
+        cfg = TrainConfig(**{**asdict(base), "model": backbone, "out": str(out / name), "model_kwargs": mk,
+                             "resume": False})
+        if progress:
+            print(f"== {name} on {backbone}")
+        t0 = time.perf_counter()
+        metrics = fit(cfg, progress=progress)
+        model, _ = load_checkpoint(out / name / "last.safetensors")
+        row = {"attention": name, "accuracy": metrics["test_acc"],
+               "params": sum(p.numel() for p in model.parameters()), "train_img_s": metrics["train_img_s"],
+               "steps": metrics["step"], "train_wall_s": time.perf_counter() - t0}
+        rows.append(_measure(model, row, energy_batches, speed_batches))
+        extra = []
+        if tp_keep is not None and name != "stmixer":
+            extra.append((f"{name} +TP k={tp_keep}", lambda m: m.set_token_pruning(tp_keep)))
+        if halting:
+            extra.append((f"{name} +halting", lambda m: m.set_halting({})))
+        for label, setup in extra:
+            if not hasattr(model, "set_token_pruning"):
+                raise ValueError(f"token pruning / halting need a Spike-driven Transformer backbone; "
+                                 f"{backbone} is a {type(model).__name__}")
+            m, _ = load_checkpoint(out / name / "last.safetensors")
+            setup(m)
+            ev = evaluate(m, test_loader, progress=False)
+            r = {"attention": label, "accuracy": ev["acc"], "params": row["params"],
+                 "train_img_s": float("nan"), "steps": row["steps"], "train_wall_s": 0.0}
+            rows.append(_measure(m, r, energy_batches, speed_batches))
+        if progress:
+            print(f"   {name}: {row['accuracy']:.2f} %, paper {row['energy_paper_mj']:.4g} mJ, "
+                  f"strict {row['energy_strict_mj']:.4g} mJ, {row['infer_img_s']:.0f} img/s")
+
+    settings = {"backbone": backbone, "data": base.data, "epochs": base.epochs, "max_steps": base.max_steps,
+                "batch_size": base.batch_size, "lr": base.lr, "seed": base.seed, "T": base.T,
+                "model_kwargs": base.model_kwargs, "attn_kwargs": attn_kwargs, "eval_images": base.eval_images,
+                "energy_images": energy_images, "speed_images": speed_images, "tp_keep": tp_keep,
+                "halting": halting, "threads": torch.get_num_threads()}
+    write_table(rows, out, settings)
+    plot_accuracy_energy(rows, out / "compare.png", title=f"{backbone} on {base.data}")
+    return rows
+
+
+def _fmt(key: str, v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "n/a"
+        if key == "accuracy":
+            return f"{v:.2f}"
+        if key.endswith("img_s"):
+            return f"{v:.0f}"
+        return f"{v:.4g}"
+    if key == "params":
+        return f"{v:,}"
+    return str(v)
+
+
+def write_table(rows: list[dict], out, settings: dict) -> None:
+    """``compare.md`` (settings + table), ``compare.csv`` (raw values) and ``compare.json``."""
+    out = Path(out)
+    head = "| " + " | ".join(h for _, h in COLUMNS) + " |"
+    sep = "|" + "|".join("---" if k == "attention" else "---:" for k, _ in COLUMNS) + "|"
+    lines = [f"# Attention comparison: {settings['backbone']} on {settings['data']}", "",
+             "Settings: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in settings.items()), "",
+             head, sep]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(k, r.get(k)) for k, _ in COLUMNS) + " |")
+    notes = sorted({r["energy_note"] for r in rows if r.get("energy_note")})
+    if notes:
+        lines += [""] + [f"Energy: {n}" for n in notes]
+    lines += ["", "Energy per image at E_MAC = 4.6 pJ, E_AC = 0.9 pJ (45 nm). `strict`: AC = rate x FLOPs "
+              "where an operand is binary/ternary, else MAC; `paper`: the backbone family's own paper's rule. "
+              "Non-spike products: products whose two operands are both non-spike (first layer and "
+              "classifier excepted); 0 = addition-only."]
+    (out / "compare.md").write_text("\n".join(lines) + "\n")
+    keys = [k for k, _ in COLUMNS] + ["steps", "train_wall_s"]
+    with open(out / "compare.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(keys)
+        for r in rows:
+            w.writerow(["" if r.get(k) is None else r.get(k) for k in keys])
+    (out / "compare.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
+
+
+def plot_accuracy_energy(rows: list[dict], path, title: str = "") -> None:
+    """Accuracy (y) against energy per image (x) under both accountings, one labelled point per row."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=100)
+    drawn = False
+    for key, marker, label in (("energy_paper_mj", "o", "paper accounting"),
+                               ("energy_strict_mj", "s", "strict accounting")):
+        pts = [(r[key], r["accuracy"], r["attention"]) for r in rows
+               if r.get(key) is not None and not math.isnan(r[key])]
+        if not pts:
+            continue
+        drawn = True
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=label,
+                   facecolors="none" if marker == "s" else None, edgecolors="C1" if marker == "s" else None)
+        for x, y, name in pts:
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    if not drawn:
+        ax.text(0.5, 0.5, "no energy numbers (spikeformers.energy not available)", ha="center",
+                transform=ax.transAxes)
+    ax.set_xlabel("energy per image (mJ, 45 nm: E_MAC 4.6 pJ, E_AC 0.9 pJ)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title or "accuracy vs energy")
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
