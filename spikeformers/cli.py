@@ -270,6 +270,8 @@ def bench(name, T, batch, img_size, num_classes, precision, compile_, optimize, 
 @click.option("--max-steps", default=None, type=click.IntRange(min=1), help="stop each training after N optimizer steps")
 @click.option("--batch-size", default=128, type=click.IntRange(min=1))
 @click.option("--lr", default=2e-3, type=float)
+@click.option("--warmup-epochs", default=0.25, type=float,
+              help="linear warm-up length in epochs (keep it below --max-steps' share of an epoch)")
 @click.option("--T", "T", default=None, type=click.IntRange(min=1), help="time steps (default: the backbone's)")
 @click.option("--seed", default=0, type=int)
 @click.option("--model-kwargs", default=None, help='JSON of backbone kwargs shared by all, e.g. \'{"embed_dim": 64}\'')
@@ -280,10 +282,12 @@ def bench(name, T, batch, img_size, num_classes, precision, compile_, optimize, 
 @click.option("--tp-keep", default=None, type=click.IntRange(min=1),
               help="also evaluate each trained model with TP token pruning, k^2 tokens per block (no retraining)")
 @click.option("--halting", is_flag=True, help="also evaluate each trained model with STAS-style adaptive halting")
+@click.option("--recalibrate-bn", default=0, type=click.IntRange(min=0),
+              help="re-estimate BatchNorm statistics on N training images before testing (short budgets; 0 = off)")
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="torch CPU threads (default: all cores)")
 @click.option("--out", default="runs/compare", help="output folder (table, CSV, JSON, plot, one run folder per attention)")
 def compare(attentions, backbone, model_kwargs, attn_kwargs, energy_images, speed_images, tp_keep, halting,
-            threads, out, **opts):
+            recalibrate_bn, threads, out, **opts):
     """Train one backbone with each attention under the same seed, data and budget; write a table
     (accuracy, params, firing rate, energy under both accountings, train/inference img/s) as
     Markdown and CSV, and a plot of accuracy against energy."""
@@ -300,7 +304,8 @@ def compare(attentions, backbone, model_kwargs, attn_kwargs, energy_images, spee
         if not isinstance(v, dict):
             raise ValueError(f"{flag} must be a JSON object, got {v!r}")
     base = TrainConfig(model=backbone, model_kwargs=mk, out=out, **opts)
-    rows = run_compare(names, backbone, out, base, ak, energy_images, speed_images, tp_keep, halting)
+    rows = run_compare(names, backbone, out, base, ak, energy_images, speed_images, tp_keep, halting,
+                       recalibrate_bn)
     click.echo(Path(out, "compare.md").read_text())
     click.echo(f"{len(rows)} rows; table {out}/compare.md and .csv, plot {out}/compare.png")
 

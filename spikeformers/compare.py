@@ -4,7 +4,8 @@ For each attention name, :func:`compare` trains ``backbone`` with ``attention=na
 training engine (:func:`spikeformers.train.fit`, the same :class:`~spikeformers.train.TrainConfig`
 apart from the attention), then measures the trained model:
 
-* top-1 accuracy on the test set (the engine's last evaluation),
+* top-1 accuracy on the test set (the engine's last evaluation; with ``recalibrate_bn=N``, after
+  re-estimating BatchNorm statistics on N training images, see :func:`recalibrate_batchnorm`),
 * parameters,
 * mean firing rate and energy per image under both accountings (``paper``: the backbone family's
   own paper's rule; ``strict``: one rule for all, AC only where an operand is a spike) and the
@@ -115,6 +116,23 @@ def _test_batches(loader, n_images: int) -> list[torch.Tensor]:
     return out
 
 
+def recalibrate_batchnorm(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics as the plain average over ``batches`` of
+    training images (train-mode forward, no gradient, weights untouched), then eval mode. After a
+    very short budget the exponential running averages still lag the fast-moving weights, and an
+    eval-mode spiking network can then fall silent (every output equal); this is the standard fix,
+    applied to every compared model alike."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    return model.eval()
+
+
 def _measure(model, row: dict, energy_batches, speed_batches) -> dict:
     row.update(energy_columns(model, energy_batches))
     row["infer_img_s"] = _images_per_second(model, speed_batches)
@@ -124,7 +142,7 @@ def _measure(model, row: dict, energy_batches, speed_batches) -> dict:
 def compare(attentions: list[str], backbone: str = "spikedriven_fmnist", out: str = "runs/compare",
             base: TrainConfig | None = None, attn_kwargs: dict | None = None, energy_images: int = 256,
             speed_images: int = 512, tp_keep: int | None = None, halting: bool = False,
-            progress: bool = True) -> list[dict]:
+            recalibrate_bn: int = 0, progress: bool = True) -> list[dict]:
     """Train and measure ``backbone`` with each attention (module docstring); returns the rows.
     ``base`` holds every other training option (data, epochs, max_steps, seed, batch size, T,
     model_kwargs, ...); its ``model`` and ``out`` are replaced per attention."""
@@ -147,7 +165,8 @@ def compare(attentions: list[str], backbone: str = "spikedriven_fmnist", out: st
     base = base or TrainConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _, test_loader, _ = build_data(TrainConfig(**{**asdict(base), "model": backbone}))
+    train_loader, test_loader, _ = build_data(TrainConfig(**{**asdict(base), "model": backbone}))
+    calib_batches = _test_batches(train_loader, recalibrate_bn) if recalibrate_bn > 0 else []
     energy_batches = _test_batches(test_loader, energy_images)
     speed_batches = _test_batches(test_loader, speed_images)
 
@@ -163,7 +182,10 @@ def compare(attentions: list[str], backbone: str = "spikedriven_fmnist", out: st
         t0 = time.perf_counter()
         metrics = fit(cfg, progress=progress)
         model, _ = load_checkpoint(out / name / "last.safetensors")
-        row = {"attention": name, "accuracy": metrics["test_acc"],
+        acc = metrics["test_acc"]
+        if calib_batches:
+            acc = evaluate(recalibrate_batchnorm(model, calib_batches), test_loader, progress=False)["acc"]
+        row = {"attention": name, "accuracy": acc, "engine_test_acc": metrics["test_acc"],
                "params": sum(p.numel() for p in model.parameters()), "train_img_s": metrics["train_img_s"],
                "steps": metrics["step"], "train_wall_s": time.perf_counter() - t0}
         rows.append(_measure(model, row, energy_batches, speed_batches))
@@ -177,9 +199,11 @@ def compare(attentions: list[str], backbone: str = "spikedriven_fmnist", out: st
                 raise ValueError(f"token pruning / halting need a Spike-driven Transformer backbone; "
                                  f"{backbone} is a {type(model).__name__}")
             m, _ = load_checkpoint(out / name / "last.safetensors")
+            if calib_batches:
+                m.load_state_dict(model.state_dict())  # the recalibrated statistics, unpruned
             setup(m)
             ev = evaluate(m, test_loader, progress=False)
-            r = {"attention": label, "accuracy": ev["acc"], "params": row["params"],
+            r = {"attention": label, "accuracy": ev["acc"], "engine_test_acc": None, "params": row["params"],
                  "train_img_s": float("nan"), "steps": row["steps"], "train_wall_s": 0.0}
             rows.append(_measure(m, r, energy_batches, speed_batches))
         if progress:
@@ -187,10 +211,11 @@ def compare(attentions: list[str], backbone: str = "spikedriven_fmnist", out: st
                   f"strict {row['energy_strict_mj']:.4g} mJ, {row['infer_img_s']:.0f} img/s")
 
     settings = {"backbone": backbone, "data": base.data, "epochs": base.epochs, "max_steps": base.max_steps,
-                "batch_size": base.batch_size, "lr": base.lr, "seed": base.seed, "T": base.T,
+                "batch_size": base.batch_size, "lr": base.lr, "warmup_epochs": base.warmup_epochs,
+                "seed": base.seed, "T": base.T,
                 "model_kwargs": base.model_kwargs, "attn_kwargs": attn_kwargs, "eval_images": base.eval_images,
                 "energy_images": energy_images, "speed_images": speed_images, "tp_keep": tp_keep,
-                "halting": halting, "threads": torch.get_num_threads()}
+                "halting": halting, "recalibrate_bn": recalibrate_bn, "threads": torch.get_num_threads()}
     write_table(rows, out, settings)
     plot_accuracy_energy(rows, out / "compare.png", title=f"{backbone} on {base.data}")
     return rows
@@ -230,7 +255,7 @@ def write_table(rows: list[dict], out, settings: dict) -> None:
               "Non-spike products: products whose two operands are both non-spike (first layer and "
               "classifier excepted); 0 = addition-only."]
     (out / "compare.md").write_text("\n".join(lines) + "\n")
-    keys = [k for k, _ in COLUMNS] + ["steps", "train_wall_s"]
+    keys = [k for k, _ in COLUMNS] + ["engine_test_acc", "steps", "train_wall_s"]
     with open(out / "compare.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(keys)

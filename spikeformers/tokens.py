@@ -37,6 +37,9 @@ def ir_score(u: torch.Tensor, local: str = "per_channel") -> torch.Tensor:
     channel, so the cosine reduces to sign(L) * sum_c x_c / (sqrt(C) |x|) (it scores how uniform a
     token's channels are; the neighbourhood enters only through the sign). ``"per_channel"``
     (default) is the evident intent, a per-channel (depthwise) 3x3 average [I].
+
+    The score is real-valued arithmetic on the membrane (means, a cosine, softmaxes): it is not
+    addition-only, and an energy audit of a pruned model lists its products.
     """
     if local not in IR_LOCAL:
         raise ValueError(f"local must be one of {IR_LOCAL}, got {local!r}")

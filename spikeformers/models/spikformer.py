@@ -184,20 +184,44 @@ class ConvMLP(nn.Module):
 
 
 class Block(nn.Module):
-    """X <- X + SSA(X); X <- X + MLP(X)."""
+    """X <- X + SSA(X); X <- X + MLP(X).
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, layout: str, scale: float):
+    ``attention``: None or ``"ssa"`` builds the layout's official SSA; any other plug-in name
+    (:mod:`spikeformers.models.plugins`) builds that attention on the spike stream (its input is
+    the integer-valued stream as is, its increment is fired), seen as a ``[T,B,D,H,W]`` token map.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, layout: str, scale: float,
+                 attention: str | None = None, attn_kwargs: dict | None = None, num_tokens: int | None = None):
         super().__init__()
         hidden = int(dim * mlp_ratio)
+        self.plugin = attention not in (None, "ssa")
+        if self.plugin:
+            from .plugins import build_attention  # plugins imports this module
+            self.attn = build_attention(attention, dim, num_heads, stream="spike", num_tokens=num_tokens,
+                                        **(attn_kwargs or {}))
+        elif attn_kwargs:
+            raise ValueError(f"attn_kwargs {attn_kwargs} need a plug-in attention; the official SSA takes attn_scale")
         if layout == "cifar":
-            self.attn, self.mlp = LinearSSA(dim, num_heads, scale), LinearMLP(dim, hidden)
+            if not self.plugin:
+                self.attn = LinearSSA(dim, num_heads, scale)
+            self.mlp = LinearMLP(dim, hidden)
         else:
-            self.attn = ConvSSA(dim, num_heads, scale)
+            if not self.plugin:
+                self.attn = ConvSSA(dim, num_heads, scale)
             self.mlp = ConvMLP(dim, hidden, conv_dim=2 if layout == "imagenet" else 1)
         self.layout = layout
 
+    def _plugin(self, x, grid):
+        if self.layout == "cifar":  # [T,B,N,D]
+            T, B, N, D = x.shape
+            y = self.attn(x.transpose(-1, -2).reshape(T, B, D, *grid))
+            return y.flatten(3).transpose(-1, -2)
+        T, B, D, N = x.shape        # [T,B,D,N]
+        return self.attn(x.reshape(T, B, D, *grid)).flatten(3)
+
     def forward(self, x, grid):
-        x = x + self.attn(x)
+        x = x + (self._plugin(x, grid) if self.plugin else self.attn(x))
         return x + (self.mlp(x) if self.layout == "cifar" else self.mlp(x, grid))
 
 
@@ -205,14 +229,16 @@ class Spikformer(SpikingModel):
     """Spikformer-L-D: ``depths`` blocks of width ``embed_dim`` with ``num_heads`` heads.
 
     ``layout`` picks the official file whose layers are reproduced (see the module docstring);
-    ``attn_scale`` defaults to that file's constant.
+    ``attn_scale`` defaults to that file's constant. ``attention`` (None: the official SSA) swaps
+    in any plug-in attention by name, ``attn_kwargs`` its options (see :class:`Block`).
     """
 
     family = "spikformer"
 
     def __init__(self, img_size: int = 224, in_chans: int = 3, num_classes: int = 1000,
                  embed_dim: int = 512, depths: int = 8, num_heads: int = 8, mlp_ratio: float = 4.0,
-                 T: int = 4, layout: str = "imagenet", attn_scale: float | None = None):
+                 T: int = 4, layout: str = "imagenet", attn_scale: float | None = None,
+                 attention: str | None = None, attn_kwargs: dict | None = None):
         super().__init__()
         if layout not in _LAYOUTS:
             raise ValueError(f"Spikformer layout must be one of {_LAYOUTS}, got {layout!r}")
@@ -221,8 +247,14 @@ class Spikformer(SpikingModel):
         self.T, self.in_chans, self.img_size, self.num_classes = T, in_chans, img_size, num_classes
         self.layout = layout
         scale = attn_scale if attn_scale is not None else (0.25 if layout == "dvs" else 0.125)
-        self.patch_embed = SpikformerSPS(in_chans, embed_dim, "0011" if layout == "cifar" else "1111")
-        self.block = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, layout, scale)
+        pooling = "0011" if layout == "cifar" else "1111"
+        self.patch_embed = SpikformerSPS(in_chans, embed_dim, pooling)
+        grid = img_size
+        for p in pooling:
+            grid = (grid - 1) // 2 + 1 if p == "1" else grid
+        self.attention = attention
+        self.block = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, layout, scale, attention, attn_kwargs,
+                                         num_tokens=grid * grid)
                                    for _ in range(depths))
         self.head = nn.Linear(embed_dim, num_classes)
         for m in self.modules():  # the official init: trunc-normal Linear weights, zero biases
