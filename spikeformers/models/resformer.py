@@ -120,7 +120,8 @@ class DSSA(nn.Module):
             setattr(self, name, buf)
             return buf
         # Untrained heads (rate exactly 0) would give an infinite scale: use the batch's rate.
-        return torch.where(buf == 0, batch_rate, buf)
+        # (Only then: a trained buffer is a constant, not a function of this batch's activations.)
+        return torch.where(buf == 0, batch_rate, buf) if bool((buf == 0).any()) else buf
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [T, B, C, H, W], real-valued
         T, B, C, H, W = x.shape
