@@ -25,7 +25,6 @@ each model's checkpoints and logs are in ``out/<attention>/``.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import time
@@ -52,41 +51,13 @@ COLUMNS = [
 ]
 
 
-def _neuron_rates(model: nn.Module, batches) -> float:
-    """Mean over spiking neuron modules of their output firing rate (fraction of non-zeros)."""
-    from .neurons import LIF, PLIF, Ternary
-    sums: dict[str, list[float]] = {}
-
-    def hook(name):
-        def f(m, i, o):
-            s = sums.setdefault(name, [0.0, 0.0])
-            s[0] += float((o != 0).sum())
-            s[1] += o.numel()
-        return f
-
-    hs = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, (LIF, PLIF, Ternary))]
-    try:
-        with torch.no_grad():
-            for x in batches:
-                model(x)
-    finally:
-        for h in hs:
-            h.remove()
-    rates = [a / b for a, b in sums.values() if b]
-    return sum(rates) / len(rates) if rates else float("nan")
-
-
 def energy_columns(model: nn.Module, batches: list[torch.Tensor]) -> dict:
-    """The energy columns of one trained model (eval mode) over ``batches`` of input images: mean
-    firing rate, energy per image under the ``paper`` and ``strict`` accountings, and the number
-    of products without a spike operand. Uses :mod:`spikeformers.energy` when it is installed;
-    without it the energy columns are NaN and the firing rate comes from neuron output hooks."""
-    model.eval()
-    if importlib.util.find_spec("spikeformers.energy") is None:
-        return {"mean_firing_rate": _neuron_rates(model, batches), "energy_paper_mj": float("nan"),
-                "energy_strict_mj": float("nan"), "non_spike_products": None,
-                "energy_note": "spikeformers.energy is not available: energy columns are NaN"}
+    """The energy columns of one trained model (eval mode) over ``batches`` of input images
+    (:func:`spikeformers.energy.measure`): mean firing rate, energy per image under the ``paper``
+    and ``strict`` accountings, and the number of products without a spike operand (the
+    addition-only audit, first layer and classifier excepted)."""
     from . import energy
+    model.eval()
     report = energy.measure(model, batches)
     paper, strict = report.totals("paper"), report.totals("strict")
     rate = paper["mean_firing_rate"]
@@ -158,6 +129,13 @@ def compare(attentions: list[str], backbone: str = "spikedriven_fmnist", out: st
     if len(set(attentions)) != len(attentions):
         raise ValueError(f"attention names repeat: {attentions}")
     model_entry(backbone)  # an unknown backbone fails here, before any training
+    if tp_keep is not None or halting:
+        from .models import create_model
+        with torch.device("meta"):
+            probe = create_model(backbone, **(base or TrainConfig()).model_kwargs)
+        if not hasattr(probe, "set_token_pruning"):
+            raise ValueError(f"token pruning / halting need a Spike-driven Transformer backbone; "
+                             f"{backbone} is a {type(probe).__name__}")
     attn_kwargs = attn_kwargs or {}
     stray = sorted(set(attn_kwargs) - set(attentions))
     if stray:
@@ -195,9 +173,6 @@ def compare(attentions: list[str], backbone: str = "spikedriven_fmnist", out: st
         if halting:
             extra.append((f"{name} +halting", lambda m: m.set_halting({})))
         for label, setup in extra:
-            if not hasattr(model, "set_token_pruning"):
-                raise ValueError(f"token pruning / halting need a Spike-driven Transformer backbone; "
-                                 f"{backbone} is a {type(model).__name__}")
             m, _ = load_checkpoint(out / name / "last.safetensors")
             if calib_batches:
                 m.load_state_dict(model.state_dict())  # the recalibrated statistics, unpruned
@@ -284,8 +259,7 @@ def plot_accuracy_energy(rows: list[dict], path, title: str = "") -> None:
         for x, y, name in pts:
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
     if not drawn:
-        ax.text(0.5, 0.5, "no energy numbers (spikeformers.energy not available)", ha="center",
-                transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no energy numbers", ha="center", transform=ax.transAxes)
     ax.set_xlabel("energy per image (mJ, 45 nm: E_MAC 4.6 pJ, E_AC 0.9 pJ)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title or "accuracy vs energy")
