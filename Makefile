@@ -34,7 +34,8 @@ data: setup
 	fi
 
 demo: data
-	$(PY) -m spikeformers train
+	$(PY) -m spikeformers train --resume
+	$(PY) -m spikeformers eval --checkpoint runs/a2os2a_fmnist/best.safetensors
 
 test: data
 	$(PY) -m pytest -q

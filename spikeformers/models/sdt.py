@@ -14,7 +14,9 @@ options in ``attn_kwargs``). Block-level options: ``token_keep`` (TP-Spikformer 
 block, only the top-k² tokens by information-retaining score run the block, the others skip it),
 ``halting`` (STAS-style adaptive halting, a dict of :class:`spikeformers.tokens.AdaptiveHalting`
 arguments), both also settable on a trained model (``set_token_pruning`` / ``set_halting``);
-``stem="ipsps"`` (STMixer's information-protection SPS instead of SPS). State-dict names equal the
+``stem="ipsps"`` (STMixer's information-protection SPS instead of SPS); ``v_threshold`` (the
+threshold of every LIF that the official model fires at 1.0; the 0.5 attention-mask neurons keep
+theirs). State-dict names equal the
 official ones (``patch_embed.*``, ``block.{i}.attn.*``, ``block.{i}.mlp.*``, ``head.*``), without
 the official attention's unused ``talking_heads`` weight.
 """
@@ -26,6 +28,7 @@ from torch import nn
 
 from .. import tokens as tok
 from ..layers import IPSPS, SPS, SpikingMLP, SpikingModel, lif, trunc_normal_init
+from ..neurons import LIF
 from .plugins import ATTENTIONS, build_attention
 from .registry import register_model
 
@@ -67,7 +70,7 @@ class SpikeDrivenTransformer(SpikingModel):
                  T: int = 4, pooling_stat: str = "0011", dvs_mode: bool = False, tet: bool = False,
                  attention: str = "sdsa", attn_kwargs: dict | None = None, stem: str = "sps",
                  token_keep: int | list | None = None, ir_local: str = "per_channel",
-                 halting: dict | None = None):
+                 halting: dict | None = None, v_threshold: float = 1.0):
         super().__init__()
         self.img_size, self.in_chans, self.num_classes, self.T = img_size, in_chans, num_classes, T
         self.tet = tet
@@ -86,6 +89,10 @@ class SpikeDrivenTransformer(SpikingModel):
         self.head = nn.Linear(embed_dim, num_classes)
         trunc_normal_init(self.patch_embed)
         trunc_normal_init(self.block)
+        if v_threshold != 1.0:  # every LIF at the official threshold 1.0 (the 0.5 mask neurons keep theirs)
+            for m in self.modules():
+                if isinstance(m, LIF) and m.v_threshold == 1.0:
+                    m.v_threshold = float(v_threshold)
         self.token_keep: list | None = None
         self.halting: tok.AdaptiveHalting | None = None
         self.set_token_pruning(token_keep, ir_local)
