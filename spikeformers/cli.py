@@ -73,7 +73,7 @@ def load_config_file(path) -> dict:
 @click.option("--model", default="a2os2a_fmnist", show_default=True, help="registered model name (see `spikeformers models`)")
 @click.option("--data", default="fashion-mnist", show_default=True, type=click.Choice(DATASETS), help="dataset")
 @click.option("--data-dir", default=None, help="dataset folder (default: $SPIKEFORMERS_DATA or the system copy)")
-@click.option("--epochs", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=2e-3, show_default=True, type=float, help="peak learning rate (AdamW)")
 @click.option("--weight-decay", default=0.01, show_default=True, type=float)

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .energy import calibrate_batchnorm
 from .train import TrainConfig, build_data, evaluate, fit
 
 __all__ = ["compare", "energy_columns", "write_table", "plot_accuracy_energy", "COLUMNS"]
@@ -89,19 +90,10 @@ def _test_batches(loader, n_images: int) -> list[torch.Tensor]:
 
 def recalibrate_batchnorm(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
     """Re-estimate every BatchNorm's running statistics as the plain average over ``batches`` of
-    training images (train-mode forward, no gradient, weights untouched), then eval mode. After a
-    very short budget the exponential running averages still lag the fast-moving weights, and an
-    eval-mode spiking network can then fall silent (every output equal); this is the standard fix,
-    applied to every compared model alike."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for x in batches:
-            model(x)
-    return model.eval()
+    training images, then eval mode. After a very short budget the exponential running averages
+    still lag the fast-moving weights, and an eval-mode spiking network can then fall silent (every
+    output equal); this is the standard fix, applied to every compared model alike."""
+    return calibrate_batchnorm(model, batches)
 
 
 def _measure(model, row: dict, energy_batches, speed_batches) -> dict:

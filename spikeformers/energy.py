@@ -733,18 +733,23 @@ def measure(model: nn.Module, batches: Iterable, T: int | None = None,
     return (report, rec.attention) if capture_attention else report
 
 
-def calibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """Set every BatchNorm's running statistics from one batch ``x`` (cumulative average, one
-    forward in train mode, no gradient), then return the model in eval mode. For *untrained* models
-    only: with the default small init every neuron stays silent, so the rates are 0 and every tensor
-    looks binary, which makes the audit pass trivially. Changes the model's BN buffers in place."""
+def calibrate_batchnorm(model: nn.Module, batches) -> nn.Module:
+    """Set every BatchNorm's running statistics to the plain average over ``batches`` (one tensor or
+    a list of input tensors; train-mode forwards, no gradient, weights untouched), then return the
+    model in eval mode. Uses: give an *untrained* model live spikes (with the default small init
+    every neuron stays silent, the rates are 0 and every tensor looks binary, which would make the
+    audit pass trivially), and re-estimate statistics that lag the weights after a very short
+    training budget (``spikeformers compare --recalibrate-bn``). Changes the BN buffers in place."""
+    if isinstance(batches, torch.Tensor):
+        batches = [batches]
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()
             m.momentum = None
     model.train()
     with torch.no_grad():
-        model(x)
+        for x in batches:
+            model(x)
     return model.eval()
 
 

@@ -11,6 +11,7 @@ from torch import nn
 from spikeformers import create_model, list_models
 from spikeformers.energy import (E_AC_PJ, E_MAC_PJ, EnergyRecorder, audit, measure, plot_attention,
                                  plot_firing_rates)
+from spikeformers import energy
 from spikeformers.neurons import LIF
 
 
@@ -199,16 +200,8 @@ def test_neuron_internals_are_not_recorded():
 # Registered models
 # ----------------------------------------------------------------------------------------------
 def calibrate(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """Give an untrained model live spikes: BatchNorm running stats from one batch (the default
-    trunc-normal(0.02) init leaves every neuron silent, which would make the audit pass trivially)."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(x)
-    return model.eval()
+    """Give an untrained model live spikes (see energy.calibrate_batchnorm)."""
+    return energy.calibrate_batchnorm(model, x)
 
 
 def _live(name, **kw):
