@@ -15,13 +15,7 @@ from spikeformers import energy
 from spikeformers.neurons import LIF
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run small tensors: one intra-op thread is faster, and far faster on shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ----------------------------------------------------------------------------------------------

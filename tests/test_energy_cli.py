@@ -14,13 +14,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 LIVE = ["--data", "random", "--batch-size", "2", "--calibrate-bn"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run small tensors: one intra-op thread is faster, and far faster on shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_energy_command_writes_table_json_csv_and_plots(tmp_path):
