@@ -12,6 +12,9 @@ If no compiler is found, the build fails, or ``SPIKEFORMERS_KERNELS=0`` is set, 
 returns False and the neurons run their plain PyTorch loop instead (same spikes in float32: the
 kernel repeats the loop's IEEE operations in the same order, built with ``-ffp-contract=off``).
 ``python -m spikeformers.kernels`` builds the kernel and prints where it is (or why not).
+
+CUDA tensors go to the Triton twin of the same kernels (:mod:`spikeformers.triton_kernels`) when
+Triton imports, else to the plain loop as well.
 """
 
 from __future__ import annotations
@@ -147,9 +150,11 @@ def available() -> bool:
 
 def status() -> str:
     """One line: where the kernel is, or why it is not used."""
-    if _load() is not None:
-        return f"fused neuron kernel: {_lib._name}"
-    return f"fused neuron kernel unavailable: {_why}"
+    cpu = f"fused neuron kernel: {_lib._name}" if _load() is not None else f"fused neuron kernel unavailable: {_why}"
+    if torch.cuda.is_available():
+        gpu = "Triton kernels for CUDA" if triton_available() else f"Triton kernels unavailable: {_triton_why}"
+        return f"{cpu}; {gpu}"
+    return cpu
 
 
 @contextlib.contextmanager
@@ -163,15 +168,38 @@ def disabled():
         _enabled = old
 
 
+_triton = None       # the spikeformers.triton_kernels module once imported
+_triton_why = None   # why it could not be imported
+
+
+def triton_available() -> bool:
+    """True when the Triton kernels for CUDA tensors import (Triton installed, a GPU build)."""
+    global _triton, _triton_why
+    if _triton is None and _triton_why is None:
+        if os.environ.get("SPIKEFORMERS_KERNELS", "1").lower() in ("0", "false", "off", "no"):
+            _triton_why = "disabled by SPIKEFORMERS_KERNELS=0"
+            return False
+        try:
+            from . import triton_kernels
+            _triton = triton_kernels
+        except Exception as e:  # no triton, or a triton that does not load
+            _triton_why = f"{type(e).__name__}: {e}"
+    return _triton is not None
+
+
 def supports(x: torch.Tensor) -> bool:
-    """Whether ``x[T, ...]`` can go through the kernel: a CPU float32/bfloat16 tensor whose every
-    time step is one dense block (contiguous or channels-last inside), and a loaded kernel. Under
-    ``torch.compile`` the plain loop is traced instead (the compiler fuses it itself)."""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or x.dim() < 1:
+    """Whether ``x[T, ...]`` can go through a fused kernel: a float32/bfloat16 tensor (float16 too
+    on CUDA) whose every time step is one dense block (contiguous or channels-last inside), on the
+    CPU with the C kernel loaded or on CUDA with Triton. Under ``torch.compile`` the plain loop is
+    traced instead (the compiler fuses it itself)."""
+    if x.dim() < 1 or not _enabled or x.numel() == 0 or torch.compiler.is_compiling():
         return False
-    if not _enabled or x.numel() == 0 or torch.compiler.is_compiling() or not _dense_time_major(x):
+    if x.device.type == "cuda":
+        ok = x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        return ok and _dense_time_major(x) and triton_available()
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
         return False
-    return available()
+    return _dense_time_major(x) and available()
 
 
 def _dense_time_major(x: torch.Tensor) -> bool:
@@ -230,11 +258,13 @@ def lif_kinds(neuron) -> tuple[int, int, float, float, float]:
 def lif_forward(neuron, x: torch.Tensor, keep_h: bool):
     """Spikes (and the pre-spike potentials H if ``keep_h``) of a fixed-coefficient LIF/IF."""
     ck, rk, tau, c, r = lif_kinds(neuron)
+    v0 = 0.0 if neuron.v_reset is None else neuron.v_reset
+    if x.is_cuda:
+        return _triton.lif_forward(ck, rk, tau, c, r, neuron.v_threshold, v0, x, keep_h)
     T = x.shape[0]
     N = x.numel() // T
     s = torch.empty_like(x)
     hs = torch.empty_like(x) if keep_h else None
-    v0 = 0.0 if neuron.v_reset is None else neuron.v_reset
     fn = getattr(_load(), f"lif_forward_{_suffix(x)}")
     _run(fn, T, N, (x.data_ptr(), s.data_ptr(), hs.data_ptr() if keep_h else None),
          (ck, rk, tau, c, r, neuron.v_threshold, v0))
@@ -246,10 +276,12 @@ def lif_backward(neuron, grad_s: torch.Tensor, hs: torch.Tensor, a: float, b: fl
     grad_s = grad_s.to(hs.dtype)
     if grad_s.stride() != hs.stride():
         grad_s = torch.empty_like(hs).copy_(grad_s)
+    sk, alpha = _surrogate_args(neuron.surrogate)
+    if hs.is_cuda:
+        return _triton.lif_backward(rk, neuron.detach_reset, a, b, neuron.v_threshold, r, sk, alpha, grad_s, hs)
     T = hs.shape[0]
     N = hs.numel() // T
     gx = torch.empty_like(hs)
-    sk, alpha = _surrogate_args(neuron.surrogate)
     fn = getattr(_load(), f"lif_backward_{_suffix(hs)}")
     _run(fn, T, N, (grad_s.data_ptr(), hs.data_ptr(), gx.data_ptr()),
          (rk, int(neuron.detach_reset), a, b, neuron.v_threshold, r, sk, alpha))
@@ -257,6 +289,8 @@ def lif_backward(neuron, grad_s: torch.Tensor, hs: torch.Tensor, a: float, b: fl
 
 
 def ternary_forward(neuron, x: torch.Tensor, keep_u: bool):
+    if x.is_cuda:
+        return _triton.ternary_forward(neuron.decay, neuron.v_threshold, x, keep_u)
     T = x.shape[0]
     N = x.numel() // T
     o = torch.empty_like(x)
@@ -271,10 +305,12 @@ def ternary_backward(neuron, grad_o: torch.Tensor, us: torch.Tensor) -> torch.Te
     grad_o = grad_o.to(us.dtype)
     if grad_o.stride() != us.stride():
         grad_o = torch.empty_like(us).copy_(grad_o)
+    sk, alpha = _surrogate_args(neuron.surrogate)
+    if us.is_cuda:
+        return _triton.ternary_backward(neuron.detach_reset, neuron.decay, neuron.v_threshold, sk, alpha, grad_o, us)
     T = us.shape[0]
     N = us.numel() // T
     gx = torch.empty_like(us)
-    sk, alpha = _surrogate_args(neuron.surrogate)
     fn = getattr(_load(), f"ternary_backward_{_suffix(us)}")
     _run(fn, T, N, (grad_o.data_ptr(), us.data_ptr(), gx.data_ptr()),
          (int(neuron.detach_reset), neuron.decay, neuron.v_threshold, sk, alpha))
