@@ -62,7 +62,8 @@ def load_config_file(path) -> dict:
 @click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
               help="override any training option, e.g. --set lr=1e-3 --set randaugment=null (repeatable)")
 @click.option("--optimizer", default="adamw", type=click.Choice(["adamw", "lamb", "sgd", "adam"]))
-@click.option("--precision", default="fp32", type=click.Choice(["fp32", "bf16"]), help="bf16 autocast on CPU or GPU")
+@click.option("--precision", default="auto", type=click.Choice(["auto", "fp32", "bf16"]),
+              help="bf16 autocast on CPU or GPU; auto = bf16 where the hardware has it natively (AVX512-BF16/AMX, CUDA bf16), else fp32")
 @click.option("--compile", "compile", is_flag=True, default=None, help="torch.compile the model (minutes to build on CPU)")
 @click.option("--fast-layers/--no-fast-layers", default=None,
               help="1x1 convs as matmuls with channels-last tensors (default on; same weights)")

@@ -150,3 +150,18 @@ def test_cli_models_train_eval(fake_fmnist, tmp_path, monkeypatch):
     assert r.exit_code != 0 and "does not exist" in r.output
     r = CliRunner().invoke(main, ["train", "--model", "nope", "--data-dir", str(fake_fmnist)])
     assert r.exit_code != 0 and "unknown model 'nope'" in r.output
+
+
+def test_precision_auto_follows_native_bf16(monkeypatch):
+    from spikeformers.train import TrainConfig, _check_config, resolve_precision
+
+    cpu = torch.device("cpu")
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    assert resolve_precision("auto", cpu) == "fp32"           # emulated bf16 would be slower
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert resolve_precision("auto", cpu) == "bf16"
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    assert TrainConfig().precision == "auto"
+    with pytest.raises(ValueError, match="precision must be 'auto', 'fp32' or 'bf16'"):
+        _check_config(TrainConfig(precision="fp16"))
