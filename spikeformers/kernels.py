@@ -55,6 +55,11 @@ _SURROGATE = {"sigmoid": (0, "alpha"), "atan": (1, "alpha"), "straight_through":
               "triangle": (3, "width")}
 
 
+def _env_disabled() -> bool:
+    """``SPIKEFORMERS_KERNELS=0`` (or false/off/no) switches the C and the Triton kernels off."""
+    return os.environ.get("SPIKEFORMERS_KERNELS", "1").lower() in ("0", "false", "off", "no")
+
+
 def _compiler() -> str | None:
     for cand in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if cand and shutil.which(cand):
@@ -129,7 +134,7 @@ def _load():
     with _lock:
         if _lib is not None or _why is not None:
             return _lib
-        if os.environ.get("SPIKEFORMERS_KERNELS", "1").lower() in ("0", "false", "off", "no"):
+        if _env_disabled():
             _why = "disabled by SPIKEFORMERS_KERNELS=0"
             return None
         try:
@@ -176,7 +181,7 @@ def triton_available() -> bool:
     """True when the Triton kernels for CUDA tensors import (Triton installed, a GPU build)."""
     global _triton, _triton_why
     if _triton is None and _triton_why is None:
-        if os.environ.get("SPIKEFORMERS_KERNELS", "1").lower() in ("0", "false", "off", "no"):
+        if _env_disabled():
             _triton_why = "disabled by SPIKEFORMERS_KERNELS=0"
             return False
         try:
