@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 from click.testing import CliRunner
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import spikeformers as sf
+from _products import ProductRecorder
 from spikeformers import tokens as tok
 from spikeformers.compare import recalibrate_batchnorm
 from spikeformers.layers import IPSPS
@@ -106,28 +106,14 @@ def _is_scale(a, b):
     return sum(s > 1 for s in a.shape) <= 1 and a.numel() * 4 <= b.numel()
 
 
-class _Products(TorchDispatchMode):
-    OPS = {"convolution", "mm", "bmm", "mul", "addmm", "baddbmm"}
-
-    def __init__(self):
-        super().__init__()
-        self.records = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__.lstrip("_")
-        if name in self.OPS:
-            ts = [a for a in args if isinstance(a, torch.Tensor)]
-            if name in ("addmm", "baddbmm"):
-                ts = ts[1:3]
-            ts = ts[:2]
-            if len(ts) == 2 and all(t.dim() > 0 for t in ts) and not (_is_scale(*ts) or _is_scale(*ts[::-1])):
-                self.records.append((name, _domain(ts[0]), _domain(ts[1]), float((ts[0] != 0).float().mean()),
-                                     float((ts[1] != 0).float().mean())))
-        return func(*args, **(kwargs or {}))
+def _describe(name, a, b):
+    if _is_scale(a, b) or _is_scale(b, a):
+        return None
+    return (name, _domain(a), _domain(b), float((a != 0).float().mean()), float((b != 0).float().mean()))
 
 
 def _products(attn, x):
-    mode = _Products()
+    mode = ProductRecorder(_describe)
     with mode, torch.no_grad():
         attn(x)
     return mode.records

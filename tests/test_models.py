@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import spikeformers as sf
+from _products import ProductRecorder
 from spikeformers.attention import A2OS2A, SpikeDrivenSelfAttention
 
 SMALL = dict(embed_dim=64, num_heads=4, depth=1)
@@ -86,27 +86,6 @@ def _domain(t: torch.Tensor) -> str:
     return "real"
 
 
-class _Products(TorchDispatchMode):
-    """Records the operand domains of every tensor x tensor product (conv, matmul, mul)."""
-
-    OPS = {"convolution", "mm", "bmm", "mul", "addmm", "baddbmm"}
-
-    def __init__(self):
-        super().__init__()
-        self.records = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__.lstrip("_")
-        if name in self.OPS:
-            tensors = [a for a in args if isinstance(a, torch.Tensor)]
-            if name in ("addmm", "baddbmm"):
-                tensors = tensors[1:3]
-            tensors = tensors[:2]
-            if len(tensors) == 2 and all(t.dim() > 0 for t in tensors):  # skip constant scalings
-                self.records.append((name, _domain(tensors[0]), _domain(tensors[1])))
-        return func(*args, **(kwargs or {}))
-
-
 def _attention_products(attn: torch.nn.Module, train: bool) -> list:
     torch.manual_seed(0)
     u = torch.randn(3, 2, attn.proj_conv.in_channels, 5, 5) * 2.0
@@ -118,7 +97,7 @@ def _attention_products(attn: torch.nn.Module, train: bool) -> list:
         with torch.no_grad():
             attn(u)
     attn.train(train)
-    mode = _Products()
+    mode = ProductRecorder(lambda name, a, b: (name, _domain(a), _domain(b)))
     with mode, torch.no_grad():
         attn(u)
     return mode.records
