@@ -35,10 +35,8 @@ def _lif_fwd(x_ptr, s_ptr, h_ptr, T, N, inv_tau, c, r, vth, v0,
     for t in range(T):
         off = t * N + idx
         x = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
-        if CHARGE == 0:      # decay_input: v + (x - (v - r)) / tau   (r = 0: v + (x - v) / tau)
-            h = v + (x - (v - r)) * inv_tau
-        elif CHARGE == 1:    # decay_input, v_reset 0
-            h = v + (x - v) * inv_tau
+        if CHARGE <= 1:      # decay_input: v + (x - (v - r)) / tau; v - 0.0 is v bit for bit, so
+            h = v + (x - (v - r)) * inv_tau  # this is also the loop's v + (x - v) / tau at r = 0
         elif CHARGE == 2:    # no decay_input, v_reset 0: v * (1 - 1/tau) + x
             h = v * c + x
         elif CHARGE == 3:    # no decay_input, v_reset r: v - (v - r) / tau + x
@@ -153,10 +151,9 @@ def lif_forward(ck: int, rk: int, tau: float, c: float, r: float, vth: float, v0
     N = x.numel() // T
     s = torch.empty_like(x)
     hs = torch.empty_like(x) if keep_h else s
-    charge = {0: 1, 1: 0, 2: 2, 3: 3, 4: 4}[ck]
     inv_tau = _f32(1.0 / _f32(tau))
     _lif_fwd[_grid(N)](x, s, hs, T, N, inv_tau, _f32(c), _f32(r), _f32(vth), _f32(v0),
-                       CHARGE=charge, RESET=rk, KEEP_H=keep_h, BLOCK=_BLOCK, enable_fp_fusion=False)
+                       CHARGE=ck, RESET=rk, KEEP_H=keep_h, BLOCK=_BLOCK, enable_fp_fusion=False)
     return s, (hs if keep_h else None)
 
 
