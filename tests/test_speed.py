@@ -11,7 +11,7 @@ from spikeformers import kernels
 from spikeformers.cli import main
 from spikeformers.models import create_model
 from spikeformers.neurons import IF, LIF, Ternary, Triangle
-from spikeformers.speed import MatmulConv1d, MatmulConv2d, fuse, optimize
+from spikeformers.speed import MatmulConv1d, MatmulConv2d, TokenBatchNorm1d, fuse, optimize
 
 needs_kernel = pytest.mark.skipif(not kernels.available(), reason=f"no fused kernel: {kernels.status()}")
 
@@ -197,3 +197,45 @@ def test_matmul_conv_is_one_matrix_product(layout):
                 torch.nn.functional.conv1d(x1, c1.weight, c1.bias)
             torch.testing.assert_close(y.float(), ref, rtol=2e-2 if autocast else 1e-5,
                                        atol=2e-2 if autocast else 1e-5)
+
+
+@pytest.mark.parametrize("layout", ["tokens_transposed", "contiguous", "2d"])
+def test_token_batchnorm_equals_batchnorm1d(layout):
+    """TokenBatchNorm1d = nn.BatchNorm1d in training (output, input and affine gradients, running
+    statistics, batch counter) and in eval, to float32 summation order, on the layouts it reroutes
+    ([N, C, L] with stride 1 on C, the view Spikformer's blocks pass) and those it passes through."""
+    torch.manual_seed(0)
+    ref = torch.nn.BatchNorm1d(12, momentum=0.3)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5)
+        ref.bias.uniform_(-0.5, 0.5)
+    bn = torch.nn.BatchNorm1d(12, momentum=0.3)
+    bn.load_state_dict(ref.state_dict())
+    optimize(bn, channels_last=False)
+    assert type(bn) is TokenBatchNorm1d
+    x = {"tokens_transposed": torch.randn(5, 9, 12).transpose(1, 2) * 3 + 1,
+         "contiguous": torch.randn(5, 12, 9) * 3 + 1, "2d": torch.randn(40, 12) * 3 + 1}[layout]
+    for gy in (torch.randn(x.shape), torch.randn(x.shape[::-1]).permute(*range(x.dim() - 1, -1, -1))):  # either grad layout
+        outs = _bn_step(ref, bn, x, gy)
+    if layout == "tokens_transposed":
+        assert outs[1][0].stride(1) == 1                       # layout kept: no copy for the next layer
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(bn.state_dict()[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    ref.eval(), bn.eval()
+    torch.testing.assert_close(bn(x), ref(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="2D or 3D"):
+        bn(torch.randn(2, 12, 3, 3))
+
+
+def _bn_step(ref, bn, x, gy):
+    for _ in range(2):   # two steps: the running averages compound
+        outs = []
+        for m in (ref, bn):
+            xi = x.detach().clone().requires_grad_()
+            y = m(xi)
+            y.backward(gy)
+            outs.append((y, xi.grad, m.weight.grad.clone(), m.bias.grad.clone()))
+            m.zero_grad()
+        for a, b in zip(*outs):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    return outs
