@@ -29,6 +29,8 @@ class _Main(click.Group):
 @click.version_option(__version__, prog_name="spikeformers")
 def main():
     """spikeformers: spiking vision transformers - build, train, evaluate, measure."""
+    from .speed import keep_freed_memory
+    keep_freed_memory()   # every command runs big tensors through malloc; SPIKEFORMERS_MALLOC=0 opts out
 
 
 DATASETS = ["fashion-mnist", "cifar10", "cifar100", "imagefolder", "dvs128-gesture", "cifar10-dvs"]
