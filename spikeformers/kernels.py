@@ -36,10 +36,11 @@ from pathlib import Path
 import torch
 
 __all__ = ["available", "status", "supports", "disabled", "lif_forward", "lif_backward",
-           "ternary_forward", "ternary_backward"]
+           "ternary_forward", "ternary_backward", "batchnorm_supports", "batchnorm_forward",
+           "batchnorm_backward"]
 
-_SRC = Path(__file__).with_name("csrc") / "neurons.c"
-_COMMON = ["-O3", "-march=native", "-fPIC", "-shared"]
+_SRCS = [Path(__file__).with_name("csrc") / f for f in ("neurons.c", "batchnorm.c")]
+_COMMON = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp"]   # -fopenmp dropped if unsupported
 _STRICT = _COMMON + ["-ffp-contract=off", "-fno-fast-math"]   # forward: bit-identical to the loop
 _FAST = _COMMON + ["-ffast-math", "-fno-finite-math-only", "-fopenmp-simd"]  # backward: vector expf
 _lock = threading.Lock()
@@ -82,10 +83,19 @@ def _cpu_id() -> bytes:
 
 
 def _build(flags: list[str], tag: str) -> Path:
+    try:
+        return _build_with(flags, tag)
+    except RuntimeError:
+        if "-fopenmp" not in flags:
+            raise
+        return _build_with([f for f in flags if f != "-fopenmp"], tag)   # serial; Python splits
+
+
+def _build_with(flags: list[str], tag: str) -> Path:
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (tried $CC, cc, gcc, clang)")
-    src = _SRC.read_bytes()
+    src = b"".join(f.read_bytes() for f in _SRCS)
     key = hashlib.sha256(src + cc.encode() + " ".join(flags).encode() + sys.platform.encode()
                          + platform.machine().encode() + _cpu_id()).hexdigest()[:16]
     out = _cache_dir() / f"neurons-{tag}-{key}.so"
@@ -94,9 +104,9 @@ def _build(flags: list[str], tag: str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tmp_so = Path(tmp) / out.name
-        r = subprocess.run([cc, *flags, "-o", str(tmp_so), str(_SRC), "-lm"], capture_output=True, text=True)
+        r = subprocess.run([cc, *flags, "-o", str(tmp_so), *map(str, _SRCS), "-lm"], capture_output=True, text=True)
         if r.returncode != 0:
-            raise RuntimeError(f"{cc} failed to build {_SRC.name}: {r.stderr.strip()[:2000]}")
+            raise RuntimeError(f"{cc} failed to build {', '.join(f.name for f in _SRCS)}: {r.stderr.strip()[:2000]}")
         os.replace(tmp_so, out)  # atomic: concurrent builders never load a half-written file
     return out
 
@@ -109,22 +119,40 @@ def _declare(lib) -> None:
         getattr(lib, f"lif_backward_{suf}").argtypes = [p, p, p, i64, i64, i64, i64, i, i, f, f, f, f, i, f]
         getattr(lib, f"ternary_forward_{suf}").argtypes = [p, p, p, i64, i64, i64, i64, f, f]
         getattr(lib, f"ternary_backward_{suf}").argtypes = [p, p, p, i64, i64, i64, i64, i, f, f, i, f]
-        for n in ("lif_forward", "lif_backward", "ternary_forward", "ternary_backward"):
+        getattr(lib, f"bn_forward_{suf}").argtypes = [p, p, p, p, p, p, p, i64, i64, i64, i64, f]
+        getattr(lib, f"bn_backward_{suf}").argtypes = [p, p, p, p, p, p, p, p, i64, i64, i64, i64]
+        for n in ("lif_forward", "lif_backward", "ternary_forward", "ternary_backward", "bn_forward", "bn_backward"):
             getattr(lib, f"{n}_{suf}").restype = None
 
 
 class _Lib:
-    """Forward functions from the strict build, backward functions from the fast-math build."""
+    """Neuron forward functions from the strict build; the neuron backward functions and the
+    BatchNorm kernels (no bit-exactness to keep) from the fast-math build."""
 
     def __init__(self, strict, fast):
         _declare(strict)
         _declare(fast)
-        self._name = strict._name
+        self._name, self._strict = strict._name, strict
         for suf in ("f32", "bf16"):
             for n in ("lif_forward", "ternary_forward"):
                 setattr(self, f"{n}_{suf}", getattr(strict, f"{n}_{suf}"))
-            for n in ("lif_backward", "ternary_backward"):
+            for n in ("lif_backward", "ternary_backward", "bn_forward", "bn_backward"):
                 setattr(self, f"{n}_{suf}", getattr(fast, f"{n}_{suf}"))
+        # threads come from OpenMP inside C only if both builds have it and share PyTorch's runtime
+        self.openmp = all(_shares_torch_openmp(lib) for lib in (strict, fast))
+
+
+def _shares_torch_openmp(lib) -> bool:
+    """True when ``lib`` was built with OpenMP and runs in PyTorch's OpenMP runtime (it follows
+    ``torch.set_num_threads``); a second runtime would add a second pool of spinning threads."""
+    f = lib.spikeformers_openmp_threads
+    f.restype = ctypes.c_int
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(n + 1)
+        return f() == n + 1
+    finally:
+        torch.set_num_threads(n)
 
 
 def _load():
@@ -220,18 +248,20 @@ def _dense_time_major(x: torch.Tensor) -> bool:
     return True
 
 
-def _run(fn, T: int, N: int, *args) -> None:
-    """Call ``fn(..., T, N, lo, hi, ...)`` on slices of N, in parallel for large N."""
+def _run(fn, T: int, N: int, *args, unit: int = 256, parallel: bool | None = None) -> None:
+    """Call ``fn(..., T, N, lo, hi, ...)``: once on the whole range when the library splits it
+    across PyTorch's OpenMP threads itself, else on slices of N (multiples of ``unit``) in a
+    thread pool, in parallel for large N (or as ``parallel`` says)."""
     global _pool
     head, tail = args
     nt = max(1, torch.get_num_threads())
-    if nt == 1 or N < _PAR_MIN:
+    if nt == 1 or _lib.openmp or not (N >= _PAR_MIN if parallel is None else parallel):
         fn(*head, T, N, 0, N, *tail)
         return
     if _pool is None or _pool._max_workers < nt:
-        _pool = ThreadPoolExecutor(max_workers=nt, thread_name_prefix="spikeformers-neuron")
+        _pool = ThreadPoolExecutor(max_workers=nt, thread_name_prefix="spikeformers-kernel")
     step = -(-N // nt)
-    step = -(-step // 256) * 256  # whole blocks
+    step = -(-step // unit) * unit  # whole blocks
     futs = [_pool.submit(fn, *head, T, N, lo, min(N, lo + step), *tail) for lo in range(0, N, step)]
     for f in futs:
         f.result()
@@ -320,6 +350,52 @@ def ternary_backward(neuron, grad_o: torch.Tensor, us: torch.Tensor) -> torch.Te
     _run(fn, T, N, (grad_o.data_ptr(), us.data_ptr(), gx.data_ptr()),
          (int(neuron.detach_reset), neuron.decay, neuron.v_threshold, sk, alpha))
     return gx
+
+
+def batchnorm_supports(x: torch.Tensor) -> bool:
+    """Whether the C BatchNorm kernel takes ``x``: a CPU float32/bfloat16 ``[N, C, H, W]`` whose
+    memory is one row-major ``[N*H*W, C]`` matrix (channels-last, or the ``[N, C, L, 1]`` view of
+    a channels-innermost token matrix), with the kernel loaded and outside ``torch.compile``."""
+    if (x.dim() != 4 or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16)
+            or not _enabled or x.numel() == 0 or torch.compiler.is_compiling()):
+        return False
+    return x.permute(0, 2, 3, 1).is_contiguous() and available()
+
+
+def _f32(t: torch.Tensor | None):
+    return None if t is None else t.detach().float().contiguous()
+
+
+def batchnorm_forward(x: torch.Tensor, weight, bias, eps: float):
+    """Training-mode BatchNorm of a channels-last ``x`` (see :func:`batchnorm_supports`): returns
+    ``y`` (x's dtype and layout) and the float32 batch ``mean``, biased ``var`` and ``rstd``."""
+    C = x.shape[1]
+    M = x.numel() // C
+    y = torch.empty_like(x)
+    mean, var, rstd = (torch.empty(C) for _ in range(3))
+    w, b = _f32(weight), _f32(bias)
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    _run(getattr(_load(), f"bn_forward_{_suffix(x)}"), M, C,
+         (x.data_ptr(), y.data_ptr(), ptr(w), ptr(b), mean.data_ptr(), var.data_ptr(), rstd.data_ptr()),
+         (float(eps),), unit=16, parallel=M * C >= _PAR_MIN and C >= 32)
+    return y, mean, var, rstd
+
+
+def batchnorm_backward(grad_y: torch.Tensor, x: torch.Tensor, weight, mean, rstd):
+    """Gradients (x, weight, bias) of :func:`batchnorm_forward`; ``grad_y`` in any layout."""
+    C = x.shape[1]
+    M = x.numel() // C
+    grad_y = grad_y.to(x.dtype)
+    if grad_y.stride() != x.stride():
+        grad_y = torch.empty_like(x).copy_(grad_y)
+    gx = torch.empty_like(x)
+    gw, gb = torch.empty(C), torch.empty(C)
+    w = _f32(weight)
+    _run(getattr(_load(), f"bn_backward_{_suffix(x)}"), M, C,
+         (grad_y.data_ptr(), x.data_ptr(), gx.data_ptr(), None if w is None else w.data_ptr(),
+          mean.data_ptr(), rstd.data_ptr(), gw.data_ptr(), gb.data_ptr()),
+         (), unit=16, parallel=M * C >= _PAR_MIN and C >= 32)
+    return gx, gw, gb
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,10 +6,12 @@ channels-last memory, BatchNorm folding for inference, and the settings the trai
   padding, groups 1) computes ``F.linear`` over the channel axis instead of a oneDNN convolution
   (same weights, same state dict; on CPU the bf16 matmul is several times faster than the 1x1
   convolution, its backward most of all), and 4-D tensors flow channels-last, so that the token
-  matrix ``[T*B*H*W, C]`` of a 1x1 conv is a view, not a copy. Every ``BatchNorm1d`` whose input
-  has its channels innermost (``[N, C, L]`` with stride 1 on C: the transposed token matrix of the
-  Spikformer / QKFormer blocks) runs PyTorch's channels-last kernel on the ``[N, C, L, 1]`` view
-  instead of the strided generic one (bf16 train step of that BN 3.2x faster) and keeps the layout.
+  matrix ``[T*B*H*W, C]`` of a 1x1 conv is a view, not a copy. Every ``BatchNorm2d`` becomes a
+  :class:`FastBatchNorm2d`, whose training step on channels-last CPU tensors runs the C kernel of
+  ``csrc/batchnorm.c`` (PyTorch's backward took 3.5-4.5x its forward here). Every ``BatchNorm1d``
+  whose input has its channels innermost (``[N, C, L]`` with stride 1 on C: the transposed token
+  matrix of the Spikformer / QKFormer blocks) is normalised as the channels-last ``[N, C, L, 1]``
+  view (the same kernel) instead of by PyTorch's strided generic path, and keeps the layout.
   Results equal the plain model's up to float32 summation order (a different, equally exact
   order; see ``tests/test_speed.py``).
 - :func:`keep_freed_memory` (process-wide, Linux/glibc): large tensors come from the heap and freed
@@ -35,7 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MatmulConv1d", "MatmulConv2d", "TokenBatchNorm1d", "keep_freed_memory", "optimize", "fuse", "unfused_batchnorms"]
+from . import kernels
+
+__all__ = ["MatmulConv1d", "MatmulConv2d", "FastBatchNorm2d", "TokenBatchNorm1d", "keep_freed_memory", "optimize", "fuse", "unfused_batchnorms"]
 
 
 class MatmulConv2d(nn.Conv2d):
@@ -61,24 +65,76 @@ class MatmulConv1d(nn.Conv1d):
         return F.linear(x.transpose(1, 2).contiguous(), self.weight.flatten(1), self.bias).transpose(1, 2)
 
 
+class _BatchNormTrain(torch.autograd.Function):
+    """Training-mode BatchNorm through the C kernel (kernels.batchnorm_*): y and the batch mean /
+    biased var; backward gives x, weight and bias gradients."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        y, mean, var, rstd = kernels.batchnorm_forward(x, weight, bias, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, gy, _gm, _gv):
+        x, weight, mean, rstd = ctx.saved_tensors
+        gx, gw, gb = kernels.batchnorm_backward(gy, x, weight, mean, rstd)
+        return (gx, gw.to(weight.dtype) if weight is not None else None,
+                gb.to(weight.dtype) if ctx.needs_input_grad[2] else None, None)
+
+
+def _batchnorm(bn: nn.modules.batchnorm._BatchNorm, x4: torch.Tensor, fallback) -> torch.Tensor:
+    """``bn`` on the channels-last 4-D ``x4``: in training through the C kernel when it takes the
+    tensor (same statistics and running-average update as nn.BatchNorm), else ``fallback(x4)``."""
+    if not (bn.training and kernels.batchnorm_supports(x4)):
+        return fallback(x4)
+    y, mean, var = _BatchNormTrain.apply(x4, bn.weight, bn.bias, bn.eps)
+    if bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            f = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            n = x4.numel() // x4.shape[1]
+            bn.running_mean.mul_(1 - f).add_(mean, alpha=f)
+            bn.running_var.mul_(1 - f).add_(var * (n / max(n - 1, 1)), alpha=f)
+    return y
+
+
+class FastBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` (same parameters and buffers) whose training step on a channels-last
+    CPU tensor runs the C kernel of ``csrc/batchnorm.c``: the same batch statistics and running
+    averages, forward and backward in two passes each. PyTorch's CPU backward for channels-last
+    took 3.5-4.5x its forward here. Anything else (eval, other layouts or devices, kernels off
+    by ``SPIKEFORMERS_KERNELS=0``) takes ``nn.BatchNorm2d``'s path."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            return super().forward(x)
+        return _batchnorm(self, x, super().forward)
+
+
 class TokenBatchNorm1d(nn.BatchNorm1d):
     """``nn.BatchNorm1d`` (same parameters and buffers) that normalises a channels-innermost
-    ``[N, C, L]`` input through the 4-D channels-last kernel of ``[N, C, L, 1]``.
+    ``[N, C, L]`` input as the channels-last ``[N, C, L, 1]`` view.
 
     The blocks of Spikformer and QKFormer apply BN1d to a transposed token matrix (stride 1 on C);
     PyTorch's CPU BatchNorm has no kernel for that 3-D layout and takes a strided path that made
-    BatchNorm about half of a Spikformer train step. The same statistics (over N and L), the same
-    running-average update; only the summation order differs."""
+    BatchNorm about half of a Spikformer train step. On the view, training runs the C kernel of
+    :class:`FastBatchNorm2d` (else PyTorch's channels-last kernel). The same statistics (over N
+    and L), the same running-average update; only the summation order differs."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3 and x.stride(1) == 1 and x.shape[2] > 1:
-            y = super().forward(x.unsqueeze(-1))
-            if y.requires_grad:
-                # torch 2.13's CPU BatchNorm backward returns wrong gradients for this view when the
-                # incoming gradient is not in the input's layout (tests/test_speed.py checks both)
-                y.register_hook(_as_input_layout)
-            return y.squeeze(-1)
+            return _batchnorm(self, x.unsqueeze(-1), self._torch_view).squeeze(-1)
         return super().forward(x)
+
+    def _torch_view(self, x4: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x4)
+        if y.requires_grad:
+            # torch 2.13's CPU BatchNorm backward returns wrong gradients for this view when the
+            # incoming gradient is not in the input's layout (tests/test_speed.py checks both)
+            y.register_hook(_as_input_layout)
+        return y
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
         if not (x.dim() == 4 and x.shape[3] == 1):   # the [N, C, L, 1] view of forward
@@ -107,6 +163,8 @@ def optimize(model: nn.Module, matmul_1x1: bool = True, channels_last: bool = Tr
     for m in model.modules():
         if type(m) is nn.BatchNorm1d:
             m.__class__ = TokenBatchNorm1d
+        elif type(m) is nn.BatchNorm2d:
+            m.__class__ = FastBatchNorm2d
     if channels_last:
         model.to(memory_format=torch.channels_last)
         model._channels_last = True

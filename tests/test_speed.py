@@ -1,6 +1,7 @@
 """Every speed path against the plain path: the fused neuron kernel (bit-identical float32 forward,
 gradients to rounding), 1x1-as-matmul + channels-last layers, BatchNorm folding, the bench CLI."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ from spikeformers import kernels
 from spikeformers.cli import main
 from spikeformers.models import create_model
 from spikeformers.neurons import IF, LIF, Ternary, Triangle
-from spikeformers.speed import MatmulConv1d, MatmulConv2d, TokenBatchNorm1d, fuse, optimize
+from spikeformers.speed import FastBatchNorm2d, MatmulConv1d, MatmulConv2d, TokenBatchNorm1d, fuse, optimize
 
 needs_kernel = pytest.mark.skipif(not kernels.available(), reason=f"no fused kernel: {kernels.status()}")
 
@@ -202,8 +203,9 @@ def test_matmul_conv_is_one_matrix_product(layout):
                                        atol=2e-2 if autocast else 1e-5)
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "torch"])
 @pytest.mark.parametrize("layout", ["tokens_transposed", "contiguous", "2d"])
-def test_token_batchnorm_equals_batchnorm1d(layout):
+def test_token_batchnorm_equals_batchnorm1d(layout, kernel):
     """TokenBatchNorm1d = nn.BatchNorm1d in training (output, input and affine gradients, running
     statistics, batch counter) and in eval, to float32 summation order, on the layouts it reroutes
     ([N, C, L] with stride 1 on C, the view Spikformer's blocks pass) and those it passes through."""
@@ -218,8 +220,9 @@ def test_token_batchnorm_equals_batchnorm1d(layout):
     assert type(bn) is TokenBatchNorm1d
     x = {"tokens_transposed": torch.randn(5, 9, 12).transpose(1, 2) * 3 + 1,
          "contiguous": torch.randn(5, 12, 9) * 3 + 1, "2d": torch.randn(40, 12) * 3 + 1}[layout]
-    for gy in (torch.randn(x.shape), torch.randn(x.shape[::-1]).permute(*range(x.dim() - 1, -1, -1))):  # either grad layout
-        outs = _bn_step(ref, bn, x, gy)
+    with contextlib.nullcontext() if kernel else kernels.disabled():
+        for gy in (torch.randn(x.shape), torch.randn(x.shape[::-1]).permute(*range(x.dim() - 1, -1, -1))):  # either grad layout
+            outs = _bn_step(ref, bn, x, gy)
     if layout == "tokens_transposed":
         assert outs[1][0].stride(1) == 1                       # layout kept: no copy for the next layer
     for k, v in ref.state_dict().items():
@@ -262,3 +265,110 @@ def test_keep_freed_memory_stops_page_faults():
         faults[setting] = int(n)
     assert faults["0"] > 8 * 2 ** 26 // 4096 // 2          # default: the pages fault in every time
     assert faults["1"] < faults["0"] // 10, faults
+
+
+class _Counting:
+    """Wraps kernels.batchnorm_forward to count the calls (proves which path ran)."""
+
+    def __init__(self, monkeypatch):
+        self.calls, real = 0, kernels.batchnorm_forward
+
+        def fwd(*a, **k):
+            self.calls += 1
+            return real(*a, **k)
+        monkeypatch.setattr(kernels, "batchnorm_forward", fwd)
+
+
+@needs_kernel
+@pytest.mark.parametrize("variant", ["affine", "momentum_none", "no_affine", "token_view"])
+def test_fast_batchnorm2d_equals_batchnorm2d(variant, monkeypatch):
+    """The C BatchNorm (float32) = nn.BatchNorm2d: output, input / weight / bias gradients, running
+    statistics and batch counter over three training steps, then eval; the kernel really ran."""
+    torch.manual_seed(0)
+    kw = {"momentum_none": {"momentum": None}, "no_affine": {"affine": False}}.get(variant, {})
+    ref = torch.nn.BatchNorm2d(40, **kw)
+    if ref.affine:
+        with torch.no_grad():
+            ref.weight.uniform_(0.5, 1.5)
+            ref.bias.uniform_(-0.5, 0.5)
+    bn = FastBatchNorm2d(40, **kw)
+    bn.load_state_dict(ref.state_dict())
+    count = _Counting(monkeypatch)
+    for step in range(3):
+        x = torch.randn(6, 40, 5, 7) * (2 + step) + 3
+        if variant == "token_view":    # [N, C, L, 1] view of a channels-innermost token matrix
+            x = (torch.randn(6, 35, 40) * 2 + 3).transpose(1, 2).unsqueeze(-1)
+        else:
+            x = x.contiguous(memory_format=torch.channels_last)
+        gy = torch.randn(x.shape)      # contiguous: another layout than x's
+        outs = []
+        for m in (ref, bn):   # the reference on a contiguous copy (PyTorch's NCHW path)
+            xi = (x.contiguous() if m is ref else x.clone()).requires_grad_()
+            y = m(xi)
+            y.backward(gy)
+            outs.append([y, xi.grad] + ([m.weight.grad.clone(), m.bias.grad.clone()] if m.affine else []))
+            m.zero_grad()
+        for a, b in zip(*outs):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+        assert outs[1][0].stride() == x.stride()
+    assert count.calls == 3
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(bn.state_dict()[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    ref.eval(), bn.eval()
+    torch.testing.assert_close(bn(x), ref(x))
+    assert count.calls == 3            # eval: PyTorch's kernel with the running statistics
+
+
+@needs_kernel
+def test_fast_batchnorm2d_bf16_against_float64():
+    """bf16 input (as under autocast): the kernel's output and gradients are within bf16 rounding
+    of a float64 BatchNorm on the same values, and no worse than PyTorch's own bf16 path."""
+    torch.manual_seed(0)
+    x = (torch.randn(8, 96, 6, 6) * 3 + 5).bfloat16().contiguous(memory_format=torch.channels_last)
+    gy = torch.randn(x.shape).bfloat16().contiguous(memory_format=torch.channels_last)
+    truth = torch.nn.BatchNorm2d(96).double()
+    xd = x.double().requires_grad_()
+    truth(xd).backward(gy.double())
+    err = {}
+    for name, m in (("torch", torch.nn.BatchNorm2d(96)), ("ours", FastBatchNorm2d(96))):
+        xi = x.clone().requires_grad_()
+        y = m(xi)
+        assert y.dtype == torch.bfloat16 and m.weight.grad is None
+        y.backward(gy)
+        err[name] = [(y.double() - truth(xd.detach()).detach()).abs().max().item(),
+                     (xi.grad.double() - xd.grad).abs().max().item(),
+                     (m.weight.grad.double() - truth.weight.grad).abs().max().item() / truth.weight.grad.abs().max().item(),
+                     (m.bias.grad.double() - truth.bias.grad).abs().max().item() / truth.bias.grad.abs().max().item()]
+    assert err["ours"][0] <= 2 ** -7 * 4 and err["ours"][1] <= 2 ** -7 * 4, err    # bf16: 8 significant bits
+    assert err["ours"][2] < 1e-5 and err["ours"][3] < 1e-5, err                     # float32 sums
+    for o, t in zip(err["ours"][:2], err["torch"][:2]):                              # bf16 values
+        assert o <= t * 1.01 + 1e-7, err
+
+
+@needs_kernel
+def test_fast_batchnorm2d_falls_back(monkeypatch):
+    """Contiguous (not channels-last) input, float64, or kernels switched off: PyTorch's path."""
+    count = _Counting(monkeypatch)
+    bn, ref = FastBatchNorm2d(8), torch.nn.BatchNorm2d(8)
+    x = torch.randn(4, 8, 3, 3)
+    torch.testing.assert_close(bn(x), ref(x))
+    bn.double()(x.double())
+    with kernels.disabled():
+        bn.float()(x.contiguous(memory_format=torch.channels_last))
+    assert count.calls == 0
+
+
+@needs_kernel
+def test_kernels_share_torch_openmp_threads():
+    """Built with OpenMP, the C kernels run in PyTorch's own OpenMP runtime: their thread count
+    follows torch.set_num_threads (a second runtime would spin a second pool against it)."""
+    f = kernels._load().openmp
+    if not f:
+        pytest.skip("kernels built without OpenMP (Python splits the work instead)")
+    n = torch.get_num_threads()
+    try:
+        for k in (1, 3):
+            torch.set_num_threads(k)
+            assert kernels._shares_torch_openmp(kernels._lib._strict)
+    finally:
+        torch.set_num_threads(n)

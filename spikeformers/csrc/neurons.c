@@ -3,6 +3,11 @@
  * (N contiguous elements per time step, step t at offset t * N) and on a slice [lo, hi) of the N
  * elements, so Python can split the work across threads (ctypes releases the GIL).
  *
+ * Threads: built with -fopenmp, every function splits its slice [lo, hi) across the OpenMP
+ * threads itself (parallel.h). The library then shares PyTorch's libgomp (same soname, already
+ * loaded), so the threads are the ones PyTorch's own operators just used, not a second pool
+ * fighting them for the cores; without OpenMP it runs serially and Python splits the work.
+ *
  * Exactness: the file is built twice. The forward functions are taken from the build with
  * -ffp-contract=off and without fast-math: the float32 forward performs the same IEEE operations,
  * in the same order and with the same float32 constants, as the plain PyTorch loop in neurons.py,
@@ -13,6 +18,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#include "parallel.h"
 
 static inline float bf2f(uint16_t b) { uint32_t u = (uint32_t)b << 16; float f; memcpy(&f, &u, 4); return f; }
 static inline uint16_t f2bf(float f) {
@@ -148,6 +154,7 @@ static inline float exp_approx(float x) {
 void lif_forward_##SUF(const TY *__restrict x, TY *__restrict s, TY *__restrict hs, int64_t T, int64_t N, int64_t lo, int64_t hi,     \
                        int ckind, int rkind, float tau, float c, float r, float vth, float v0) {     \
     if (ckind == 1) ckind = 0;                                                                       \
+    SF_PAR_BEGIN(lo, hi, BLK, N >= SF_PAR_MIN)                                                       \
     switch (ckind * 3 + rkind) {                                                                     \
     case 0: { LIF_FWD_BODY(0, 0, TY, LOAD, STORE) break; }                                           \
     case 1: { LIF_FWD_BODY(0, 1, TY, LOAD, STORE) break; }                                           \
@@ -162,19 +169,23 @@ void lif_forward_##SUF(const TY *__restrict x, TY *__restrict s, TY *__restrict 
     case 13: { LIF_FWD_BODY(4, 1, TY, LOAD, STORE) break; }                                          \
     default: { LIF_FWD_BODY(4, 2, TY, LOAD, STORE) break; }                                          \
     }                                                                                                \
+    SF_PAR_END                                                                                       \
 }                                                                                                    \
 void lif_backward_##SUF(const TY *__restrict gs, const TY *__restrict hs, TY *__restrict gx, int64_t T, int64_t N, int64_t lo,        \
                         int64_t hi, int rkind, int detach, float a, float bcoef, float vth, float r, \
                         int skind, float alpha) {                                                    \
+    SF_PAR_BEGIN(lo, hi, BLK, N >= SF_PAR_MIN)                                                       \
     switch (skind) {                                                                                 \
     case 0: { LIF_BWD_BODY(0, TY, LOAD, STORE) break; }                                              \
     case 1: { LIF_BWD_BODY(1, TY, LOAD, STORE) break; }                                              \
     case 2: { LIF_BWD_BODY(2, TY, LOAD, STORE) break; }                                              \
     default: { LIF_BWD_BODY(3, TY, LOAD, STORE) break; }                                             \
     }                                                                                                \
+    SF_PAR_END                                                                                       \
 }                                                                                                    \
 void ternary_forward_##SUF(const TY *__restrict x, TY *__restrict o, TY *__restrict us, int64_t T, int64_t N, int64_t lo, int64_t hi,  \
                            float decay, float vth) {                                                 \
+    SF_PAR_BEGIN(lo, hi, BLK, N >= SF_PAR_MIN)                                                       \
     float u[BLK], ob[BLK];                                                                           \
     for (int64_t b = lo; b < hi; b += BLK) {                                                         \
         int64_t n = hi - b < BLK ? hi - b : BLK;                                                     \
@@ -192,18 +203,22 @@ void ternary_forward_##SUF(const TY *__restrict x, TY *__restrict o, TY *__restr
             }                                                                                        \
         }                                                                                            \
     }                                                                                                \
+    SF_PAR_END                                                                                       \
 }                                                                                                    \
 void ternary_backward_##SUF(const TY *__restrict go, const TY *__restrict us, TY *__restrict gx, int64_t T, int64_t N, int64_t lo,     \
                             int64_t hi, int detach, float decay, float vth, int skind, float alpha) { \
+    SF_PAR_BEGIN(lo, hi, BLK, N >= SF_PAR_MIN)                                                       \
     switch (skind) {                                                                                 \
     case 0: { TERN_BWD_BODY(0, TY, LOAD, STORE) break; }                                             \
     case 1: { TERN_BWD_BODY(1, TY, LOAD, STORE) break; }                                             \
     case 2: { TERN_BWD_BODY(2, TY, LOAD, STORE) break; }                                             \
     default: { TERN_BWD_BODY(3, TY, LOAD, STORE) break; }                                            \
     }                                                                                                \
+    SF_PAR_END                                                                                       \
 }
 
 DEFINE_KERNELS(f32, float, f32_load, f32_store)
 DEFINE_KERNELS(bf16, uint16_t, bf16_load, bf16_store)
 
-int spikeformers_kernels_version(void) { return 1; }
+int spikeformers_kernels_version(void) { return 2; }
+int spikeformers_openmp_threads(void) { return sf_openmp_threads(); }  /* 0: built without OpenMP */
