@@ -2,6 +2,7 @@
 gradients to rounding), 1x1-as-matmul + channels-last layers, BatchNorm folding, the bench CLI."""
 
 import contextlib
+import copy
 import json
 import os
 import subprocess
@@ -112,6 +113,9 @@ def test_fuse_equals_unfused_eval(name, kw):
     torch.testing.assert_close(ya, yb, rtol=1e-4, atol=1e-5)
     with pytest.raises(RuntimeError, match="fused"):
         b.train()
+    c = copy.deepcopy(b).to(torch.bfloat16)   # the bench's bf16 inference: weights cast once
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        assert torch.equal(b(x), c(x))         # autocast casts the float32 weights to these values
 
 
 def test_fuse_needs_eval():
