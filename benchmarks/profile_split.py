@@ -7,7 +7,9 @@ BatchNorm, attention products, the rest.
 Attribution is by the profiler's self time per operator: ``conv`` = oneDNN convolutions and the
 dense matmuls of 1x1 convs / linears (``mm``, ``addmm``) with their backward; ``attention`` = the
 batched products ``bmm`` (Q K^T V and friends); ``neurons`` = the fused neuron kernel's autograd
-nodes (or the elementwise ops of the plain loop, counted under ``elementwise``); ``batchnorm``;
+nodes and, at inference, its ``spikeformers::*`` calls (or the elementwise ops of the plain loop,
+counted under ``elementwise``); ``batchnorm`` (PyTorch's and the C kernel's); the self time of an
+autograd node that wraps a C kernel is the kernel's time;
 ``copies`` (layout changes, dtype casts); ``other``.
 """
 
@@ -23,8 +25,9 @@ from torch.profiler import profile
 CATS = [
     ("conv", ("mkldnn_convolution", "convolution_backward", "aten::mm", "aten::addmm", "aten::_convolution")),
     ("attention", ("aten::bmm", "aten::baddbmm")),
-    ("neurons", ("_FusedLIF", "_FusedTernary", "_HeavisideBackward", "_Heaviside")),
-    ("batchnorm", ("batch_norm",)),
+    ("neurons", ("_FusedLIF", "_FusedTernary", "_HeavisideBackward", "_Heaviside", "spikeformers::lif",
+                 "spikeformers::ternary")),
+    ("batchnorm", ("batch_norm", "_BatchNormTrain", "spikeformers::bn")),
     ("copies", ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous")),
     ("elementwise", ("aten::mul", "aten::add", "aten::sub", "aten::div", "aten::ge", "aten::lt", "aten::sigmoid",
                      "aten::where", "aten::abs", "aten::sum", "aten::mean", "aten::fill_")),
@@ -47,7 +50,10 @@ def main() -> None:
     ap.add_argument("--no-optimize", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--top", type=int, default=0, help="also print the N operators with the most self time")
     a = ap.parse_args()
+    from spikeformers.speed import keep_freed_memory
+    keep_freed_memory()
     if a.threads:
         torch.set_num_threads(a.threads)
     from spikeformers.models import create_model
@@ -62,6 +68,8 @@ def main() -> None:
         model.eval()
         if not a.no_optimize:
             fuse(model)
+            if a.precision == "bf16":
+                model.to(torch.bfloat16)   # as spikeformers bench: weights cast once
 
     def step():
         if a.infer:
@@ -87,6 +95,8 @@ def main() -> None:
           f"{total / a.steps / 1e3:.0f} ms per step (profiled)")
     for cat, t in sorted(split.items(), key=lambda kv: -kv[1]):
         print(f"  {cat:12s} {100 * t / total:5.1f} %  {t / a.steps / 1e3:7.1f} ms")
+    if a.top:
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.top))
 
 
 if __name__ == "__main__":

@@ -256,7 +256,8 @@ def _run(fn, T: int, N: int, *args, unit: int = 256, parallel: bool | None = Non
     head, tail = args
     nt = max(1, torch.get_num_threads())
     if nt == 1 or _lib.openmp or not (N >= _PAR_MIN if parallel is None else parallel):
-        fn(*head, T, N, 0, N, *tail)
+        with torch.profiler.record_function(f"spikeformers::{fn.__name__}"):  # visible to profilers
+            fn(*head, T, N, 0, N, *tail)
         return
     if _pool is None or _pool._max_workers < nt:
         _pool = ThreadPoolExecutor(max_workers=nt, thread_name_prefix="spikeformers-kernel")
