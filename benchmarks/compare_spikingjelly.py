@@ -1,7 +1,7 @@
 """spikeformers vs SpikingJelly 2.0.0 on the same three models, in the same run, A B A B.
 
     python benchmarks/compare_spikingjelly.py [--models sdt_8_384,...] [--rounds 2] [--threads 2]
-                                              [--reps 5] [--sj-compile] [--json out.json]
+                                              [--reps 5] [--sj-compile] [--ours-compile] [--json out.json]
 
 SpikingJelly is installed with ``pip install --no-deps spikingjelly==2.0.0`` (plus ``loguru`` and
 ``h5py``, which its imports need, also ``--no-deps``) into a separate
@@ -94,11 +94,12 @@ def ensure_sj_venv(path: Path) -> Path:
     return py
 
 
-def run_ours(model: str, threads: int, reps: int) -> dict:
+def run_ours(model: str, threads: int, reps: int, compile_: bool = False) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-m", "spikeformers", "bench", "--model", model, "--T", "4",
                         "--batch", "16", "--img-size", "32", "--num-classes", "10", "--threads", str(threads),
-                        "--reps", str(reps), "--json"], capture_output=True, text=True, env=env, cwd=ROOT)
+                        "--reps", str(reps), "--json"] + (["--compile"] if compile_ else []),
+                       capture_output=True, text=True, env=env, cwd=ROOT)
     if r.returncode != 0:
         raise RuntimeError(f"spikeformers bench failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -121,6 +122,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--sj-compile", action="store_true", help="also time torch.compile'd SpikingJelly")
+    ap.add_argument("--ours-compile", action="store_true",
+                    help="run ours with `spikeformers bench --compile` (torch.compile; minutes of compiling)")
     ap.add_argument("--venv", default=str(ROOT / "benchmarks" / ".sj-venv"))
     ap.add_argument("--json", default=None, help="write all measurements here")
     a = ap.parse_args()
@@ -133,13 +136,13 @@ def main() -> None:
     for rnd in range(a.rounds):
         for m in models:
             print(f"round {rnd + 1}/{a.rounds} {m}: ours ...", end="", flush=True)
-            raw[m]["ours"].append(run_ours(m, a.threads, a.reps))
+            raw[m]["ours"].append(run_ours(m, a.threads, a.reps, a.ours_compile))
             print(" SpikingJelly ...", end="", flush=True)
             raw[m]["sj"].append(run_sj(py, m, a.threads, a.reps, a.sj_compile))
             print(" done", flush=True)
     med = statistics.median
     print(f"\nT=4, batch 16, 32x32x3, 10 classes, {a.threads} threads, medians of {a.rounds} A/B rounds "
-          f"(each {a.reps} timed steps)")
+          f"(each {a.reps} timed steps); ours {'compiled' if a.ours_compile else 'eager'}")
     hdr = ("model", "ours train", "SJ eager", "SJ compiled", "ratio", "ours infer", "SJ eager", "SJ compiled", "ratio")
     print("| " + " | ".join(hdr) + " |\n|" + "---|" * len(hdr))
     summary = {}
