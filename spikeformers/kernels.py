@@ -1,12 +1,14 @@
-"""Fused multi-step neuron kernels (CPU): one pass over T, built at run time, with a fallback.
+"""Fused multi-step neuron kernels and a training BatchNorm (CPU), built at run time, with a fallback.
 
 ``csrc/neurons.c`` holds the forward and the hand-written backward of LIF / IF and of the ternary
-neuron for float32 and bfloat16 tensors laid out ``[T, N]``. On first use it is compiled with the
-system C compiler (``$CC``, else ``cc`` / ``gcc`` / ``clang``) into
-``$SPIKEFORMERS_CACHE`` (default ``~/.cache/spikeformers/kernels``), keyed by a hash of the source,
-the compiler and the flags, and loaded with :mod:`ctypes` (which releases the GIL, so large tensors
-are split across ``torch.get_num_threads()`` Python threads). No torch headers, no ninja, about a
-second to build.
+neuron for float32 and bfloat16 tensors laid out ``[T, N]``; ``csrc/batchnorm.c`` the training
+BatchNorm over a channels-last ``[rows, C]`` block. On first use they are compiled with the
+system C compiler (``$CC``, else ``cc`` / ``gcc`` / ``clang``) with ``-fopenmp`` into
+``$SPIKEFORMERS_CACHE`` (default ``~/.cache/spikeformers/kernels``), keyed by a hash of the sources,
+the compiler and the flags, and loaded with :mod:`ctypes` (which releases the GIL). The C code
+splits its work across PyTorch's own OpenMP threads (it binds to the ``libgomp.so.1`` torch has
+loaded; checked at load); built without OpenMP, Python splits large tensors across
+``torch.get_num_threads()`` threads instead. No torch headers, no ninja, a few seconds to build.
 
 If no compiler is found, the build fails, or ``SPIKEFORMERS_KERNELS=0`` is set, :func:`available`
 returns False and the neurons run their plain PyTorch loop instead (same spikes in float32: the
