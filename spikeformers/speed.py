@@ -39,7 +39,8 @@ from torch import nn
 
 from . import kernels
 
-__all__ = ["MatmulConv1d", "MatmulConv2d", "FastBatchNorm2d", "TokenBatchNorm1d", "keep_freed_memory", "optimize", "fuse", "unfused_batchnorms"]
+__all__ = ["MatmulConv1d", "MatmulConv2d", "FastBatchNorm2d", "TokenBatchNorm1d", "keep_freed_memory", "optimize",
+           "fuse", "unfused_batchnorms"]
 
 
 class MatmulConv2d(nn.Conv2d):
