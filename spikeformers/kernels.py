@@ -270,6 +270,16 @@ def _run(fn, T: int, N: int, *args, unit: int = 256, parallel: bool | None = Non
         f.result()
 
 
+def _like(grad: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``grad`` in ``ref``'s dtype and memory layout (the kernels index both the same way)."""
+    grad = grad.to(ref.dtype)
+    return grad if grad.stride() == ref.stride() else torch.empty_like(ref).copy_(grad)
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
 def _suffix(x: torch.Tensor) -> str:
     return "f32" if x.dtype == torch.float32 else "bf16"
 
@@ -311,9 +321,7 @@ def lif_forward(neuron, x: torch.Tensor, keep_h: bool):
 
 def lif_backward(neuron, grad_s: torch.Tensor, hs: torch.Tensor, a: float, b: float) -> torch.Tensor:
     _, rk, _, _, r = lif_kinds(neuron)
-    grad_s = grad_s.to(hs.dtype)
-    if grad_s.stride() != hs.stride():
-        grad_s = torch.empty_like(hs).copy_(grad_s)
+    grad_s = _like(grad_s, hs)
     sk, alpha = _surrogate_args(neuron.surrogate)
     if hs.is_cuda:
         return _triton.lif_backward(rk, neuron.detach_reset, a, b, neuron.v_threshold, r, sk, alpha, grad_s, hs)
@@ -340,9 +348,7 @@ def ternary_forward(neuron, x: torch.Tensor, keep_u: bool):
 
 
 def ternary_backward(neuron, grad_o: torch.Tensor, us: torch.Tensor) -> torch.Tensor:
-    grad_o = grad_o.to(us.dtype)
-    if grad_o.stride() != us.stride():
-        grad_o = torch.empty_like(us).copy_(grad_o)
+    grad_o = _like(grad_o, us)
     sk, alpha = _surrogate_args(neuron.surrogate)
     if us.is_cuda:
         return _triton.ternary_backward(neuron.detach_reset, neuron.decay, neuron.v_threshold, sk, alpha, grad_o, us)
@@ -377,9 +383,8 @@ def batchnorm_forward(x: torch.Tensor, weight, bias, eps: float):
     y = torch.empty_like(x)
     mean, var, rstd = (torch.empty(C) for _ in range(3))
     w, b = _f32(weight), _f32(bias)
-    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
     _run(getattr(_load(), f"bn_forward_{_suffix(x)}"), M, C,
-         (x.data_ptr(), y.data_ptr(), ptr(w), ptr(b), mean.data_ptr(), var.data_ptr(), rstd.data_ptr()),
+         (x.data_ptr(), y.data_ptr(), _ptr(w), _ptr(b), mean.data_ptr(), var.data_ptr(), rstd.data_ptr()),
          (float(eps),), unit=16, parallel=M * C >= _PAR_MIN and C >= 32)
     return y, mean, var, rstd
 
@@ -388,14 +393,12 @@ def batchnorm_backward(grad_y: torch.Tensor, x: torch.Tensor, weight, mean, rstd
     """Gradients (x, weight, bias) of :func:`batchnorm_forward`; ``grad_y`` in any layout."""
     C = x.shape[1]
     M = x.numel() // C
-    grad_y = grad_y.to(x.dtype)
-    if grad_y.stride() != x.stride():
-        grad_y = torch.empty_like(x).copy_(grad_y)
+    grad_y = _like(grad_y, x)
     gx = torch.empty_like(x)
     gw, gb = torch.empty(C), torch.empty(C)
     w = _f32(weight)
     _run(getattr(_load(), f"bn_backward_{_suffix(x)}"), M, C,
-         (grad_y.data_ptr(), x.data_ptr(), gx.data_ptr(), None if w is None else w.data_ptr(),
+         (grad_y.data_ptr(), x.data_ptr(), gx.data_ptr(), _ptr(w),
           mean.data_ptr(), rstd.data_ptr(), gw.data_ptr(), gb.data_ptr()),
          (), unit=16, parallel=M * C >= _PAR_MIN and C >= 32)
     return gx, gw, gb
