@@ -148,7 +148,8 @@ def build_data(cfg: TrainConfig, rank: int = 0, world_size: int = 1):
     if cfg.eval_images is not None:
         xte, yte = xte[:cfg.eval_images], yte[:cfg.eval_images]
     train = InMemoryLoader(xtr, ytr, cfg.batch_size, fmnist.MEAN, fmnist.STD, train=True,
-                           padding=cfg.padding, flip=cfg.flip, seed=cfg.seed, drop_last=True)
+                           padding=cfg.padding, flip=cfg.flip, seed=cfg.seed, drop_last=True,
+                           erasing=cfg.random_erasing, erasing_mode=cfg.random_erasing_mode)
     test = InMemoryLoader(xte, yte, max(cfg.batch_size, 256), fmnist.MEAN, fmnist.STD)
     return train, test, {"num_classes": 10, "in_chans": 1, "img_size": 28, "classes": list(fmnist.CLASSES)}
 
@@ -187,7 +188,8 @@ def _build_generic_data(cfg: TrainConfig, rank: int, world_size: int):
 
     kw = dataset_options(cfg)
     if cfg.data == "fashion-mnist":
-        kw = {"padding": cfg.padding, "flip": cfg.flip}
+        kw = {"padding": cfg.padding, "flip": cfg.flip, "random_erasing": cfg.random_erasing,
+              "random_erasing_mode": cfg.random_erasing_mode}
     train_ds = build_dataset(cfg.data, cfg.data_dir, True, progress=rank == 0, **kw) \
         if cfg.data in ("dvs128-gesture", "cifar10-dvs") else build_dataset(cfg.data, cfg.data_dir, True, **kw)
     test_ds = build_dataset(cfg.data, cfg.data_dir, False, **kw)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from spikeformers.data import DatasetError, InMemoryLoader, load_fashion_mnist, random_crop_flip
+from spikeformers.data import DatasetError, InMemoryLoader, load_fashion_mnist, random_crop_flip, random_erase
 from spikeformers.data import fashion_mnist as fm
 
 
@@ -93,6 +93,66 @@ def test_crop_flip_facts():
     xp = torch.nn.functional.pad(x, (1, 1, 1, 1))
     for i in range(2):
         assert any(torch.equal(y[i], xp[i, :, a:a + 4, b:b + 4]) for a in range(3) for b in range(3))
+
+
+def _erased_box(mask):
+    """(rows, cols) of the bounding box of a boolean [H, W] mask, or None if empty."""
+    ys, xs = mask.nonzero(as_tuple=True)
+    if len(ys) == 0:
+        return None
+    return (int(ys.min()), int(ys.max()) + 1), (int(xs.min()), int(xs.max()) + 1)
+
+
+def test_random_erase_is_one_rectangle_of_bounded_area():
+    g = torch.Generator().manual_seed(1)
+    x = torch.ones(4000, 2, 20, 24)
+    y = random_erase(x, 0.5, g)
+    erased = y == 0
+    assert torch.equal(erased[:, 0], erased[:, 1])            # the same box in every channel
+    assert torch.equal(y[~erased], x[~erased])                # nothing else changes
+    hit = erased[:, 0].flatten(1).any(1)
+    assert abs(hit.float().mean().item() - 0.5) < 0.04        # binomial sd 0.008
+    for i in hit.nonzero()[:200, 0].tolist():
+        (r0, r1), (c0, c1) = _erased_box(erased[i, 0])
+        assert erased[i, 0, r0:r1, c0:c1].all()               # a filled axis-aligned rectangle
+        h, w = r1 - r0, c1 - c0
+        assert 0 < h < 20 and 0 < w < 24
+        # area fraction in [0.02, 1/3] and aspect in [0.3, 1/0.3], up to the rounding of each side
+        assert (max(h - 0.5, 0) * max(w - 0.5, 0)) / 480 <= 1 / 3 and (h + 0.5) * (w + 0.5) / 480 >= 0.02
+        assert (h - 0.5) / (w + 0.5) <= 1 / 0.3
+        assert w == 1 or (h + 0.5) / (w - 0.5) >= 0.3
+
+
+def test_random_erase_modes_and_errors():
+    g = torch.Generator().manual_seed(2)
+    x = torch.full((64, 3, 16, 16), 7.0)
+    assert torch.equal(random_erase(x, 0.0, g), x)
+    y = random_erase(x, 1.0, g, mode="rand")
+    changed = y != 7.0
+    assert changed.flatten(1).any(1).float().mean() > 0.9
+    # "rand": one value per channel inside the box
+    i = int(changed.flatten(1).any(1).nonzero()[0, 0])
+    for c in range(3):
+        vals = y[i, c][changed[i, c]]
+        assert torch.all(vals == vals[0])
+    y = random_erase(x, 1.0, g, mode="pixel")
+    vals = y[y != 7.0]
+    assert vals.unique().numel() > 0.9 * vals.numel()         # a fresh normal value per pixel
+    assert abs(vals.mean().item()) < 0.1 and abs(vals.std().item() - 1) < 0.1
+    with pytest.raises(ValueError, match="const, rand or pixel"):
+        random_erase(x, 0.5, g, mode="noise")
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        InMemoryLoader(x[:, 0].to(torch.uint8), torch.zeros(64), 8, 0.5, 0.25, erasing=1.5)
+
+
+def test_loader_erases_only_training_batches():
+    imgs = torch.full((64, 8, 8), 255, dtype=torch.uint8)
+    labels = torch.zeros(64, dtype=torch.long)
+    kw = dict(batch_size=64, mean=0.5, std=0.25, padding=0, flip=False, erasing=1.0)
+    x, _ = next(iter(InMemoryLoader(imgs, labels, train=True, **kw)))
+    assert (x == 0).flatten(1).any(1).float().mean() > 0.9   # erased to 0 = the mean after normalising
+    x, _ = next(iter(InMemoryLoader(imgs, labels, train=False, **kw)))
+    assert torch.all(x == 2.0)
 
 
 def test_loader_normalises_and_covers_each_sample_once():

@@ -14,12 +14,12 @@ from typing import Callable
 
 from .common import DatasetInfo, DatasetNotFoundError
 from .fashion_mnist import DatasetError, download_fashion_mnist, find_fashion_mnist, load_fashion_mnist
-from .loader import InMemoryLoader, random_crop_flip
+from .loader import InMemoryLoader, random_crop_flip, random_erase
 
 __all__ = ["build_dataset", "build_datasets", "list_datasets", "register_dataset", "DatasetInfo",
            "DatasetNotFoundError", "build_train_eval_transforms",
            "DatasetError", "download_fashion_mnist", "find_fashion_mnist", "load_fashion_mnist",
-           "InMemoryLoader", "random_crop_flip"]
+           "InMemoryLoader", "random_crop_flip", "random_erase"]
 
 _REGISTRY: dict[str, Callable] = {}
 
@@ -122,14 +122,19 @@ def _events(data_dir, train: bool, *, name: str, transform=None, T: int = 16, sp
 
 class _FashionMNIST:
     """Fashion-MNIST (IDX, read by :func:`load_fashion_mnist`) as a map-style dataset of normalised
-    ``[1, 28, 28]`` images; train samples get the random crop (``padding``) and flip of the
-    in-memory loader."""
+    ``[1, 28, 28]`` images; train samples get the random crop (``padding``), flip and random
+    erasing of the in-memory loader."""
 
-    def __init__(self, data_dir, train: bool, transform=None, padding: int = 2, flip: bool = True):
+    def __init__(self, data_dir, train: bool, transform=None, padding: int = 2, flip: bool = True,
+                 erasing: float = 0.0, erasing_mode: str = "const"):
+        import torch
+
         from . import fashion_mnist as fm
 
         self.images, self.labels = load_fashion_mnist("train" if train else "test", data_dir)
         self.train, self.padding, self.flip, self.transform = train, padding, flip, transform
+        random_erase(torch.zeros(1, 1, 2, 2), erasing, torch.Generator(), erasing_mode)  # checks the arguments
+        self.erasing, self.erasing_mode = erasing, erasing_mode
         self.mean, self.std = fm.MEAN, fm.STD
         self.info = DatasetInfo("fashion-mnist", num_classes=10, in_chans=1, img_size=28, classes=fm.CLASSES,
                                 mean=(fm.MEAN,), std=(fm.STD,))
@@ -144,17 +149,20 @@ class _FashionMNIST:
         if self.train and (self.padding or self.flip):
             x = random_crop_flip(x.unsqueeze(0), self.padding, self.flip, torch.default_generator)[0]
         x = (x - self.mean) / self.std
+        if self.train and self.erasing > 0:
+            x = random_erase(x.unsqueeze(0), self.erasing, torch.default_generator, self.erasing_mode)[0]
         if self.transform is not None:
             x = self.transform(x)
         return x, int(self.labels[i])
 
 
 @register_dataset("fashion-mnist")
-def _fashion_mnist(data_dir, train: bool, *, name: str, transform=None, padding: int = 2, flip: bool = True, **kw):
+def _fashion_mnist(data_dir, train: bool, *, name: str, transform=None, padding: int = 2, flip: bool = True,
+                   random_erasing: float = 0.0, random_erasing_mode: str = "const", **kw):
     for k in _IMAGE_TRANSFORM_KEYS + ("mean", "std", "normalize", "img_size", "T"):
         kw.pop(k, None)
     _check_unused(name, kw)
-    return _FashionMNIST(data_dir, train, transform, padding, flip)
+    return _FashionMNIST(data_dir, train, transform, padding, flip, random_erasing, random_erasing_mode)
 
 
 def build_dataset(name: str, data_dir, train: bool, **kw):

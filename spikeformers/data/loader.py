@@ -6,7 +6,7 @@ import math
 
 import torch
 
-__all__ = ["InMemoryLoader", "random_crop_flip"]
+__all__ = ["InMemoryLoader", "random_crop_flip", "random_erase"]
 
 
 def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
@@ -26,19 +26,63 @@ def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch
     return x.contiguous()
 
 
+def random_erase(x: torch.Tensor, p: float, generator: torch.Generator, mode: str = "const",
+                 min_area: float = 0.02, max_area: float = 1 / 3, min_aspect: float = 0.3,
+                 attempts: int = 10) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2017; the rule of timm's ``RandomErasing``) of a normalised batch
+    ``x[B, C, H, W]``, vectorised: each image, with probability ``p``, gets one rectangle of area
+    fraction in ``[min_area, max_area]`` and log-uniform aspect ratio in ``[min_aspect, 1/min_aspect]``
+    filled with 0 (``mode="const"``: the dataset mean after normalisation), one normal value per
+    channel (``"rand"``) or per pixel (``"pixel"``). Of ``attempts`` draws per image the first that
+    fits inside the image is used; an image none of whose draws fits is left as it is."""
+    if mode not in ("const", "rand", "pixel"):
+        raise ValueError(f"random erasing mode must be const, rand or pixel, got {mode!r}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"random erasing probability must be in [0, 1], got {p}")
+    B, C, H, W = x.shape
+    if p == 0 or B == 0:
+        return x
+    area = H * W * (min_area + (max_area - min_area) * torch.rand(B, attempts, generator=generator))
+    lo, hi = math.log(min_aspect), math.log(1 / min_aspect)
+    aspect = torch.exp(lo + (hi - lo) * torch.rand(B, attempts, generator=generator))
+    eh = torch.sqrt(area * aspect).round().long()
+    ew = torch.sqrt(area / aspect).round().long()
+    fits = (eh > 0) & (eh < H) & (ew > 0) & (ew < W)
+    first = torch.where(fits.any(1), fits.float().argmax(1), 0)        # first fitting attempt
+    eh, ew = eh.gather(1, first[:, None])[:, 0], ew.gather(1, first[:, None])[:, 0]
+    erase = (torch.rand(B, generator=generator) < p) & fits.any(1)
+    top = (torch.rand(B, generator=generator) * (H - eh + 1)).long().clamp_max(H - 1)
+    left = (torch.rand(B, generator=generator) * (W - ew + 1)).long().clamp_max(W - 1)
+    rows, cols = torch.arange(H), torch.arange(W)
+    in_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])                       # [B,H]
+    in_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])                     # [B,W]
+    mask = (in_rows[:, :, None] & in_cols[:, None, :] & erase[:, None, None])[:, None]  # [B,1,H,W]
+    if mode == "const":
+        fill = torch.zeros((), dtype=x.dtype)
+    elif mode == "rand":
+        fill = torch.randn(B, C, 1, 1, generator=generator).to(x.dtype)
+    else:
+        fill = torch.randn(B, C, H, W, generator=generator).to(x.dtype)
+    return torch.where(mask, fill, x)
+
+
 class InMemoryLoader:
     """Iterates ``(images float [B,C,H,W] normalised, labels int64 [B])`` over uint8 images
     ``[N,H,W]`` or ``[N,C,H,W]``. ``train=True`` shuffles (seeded per epoch) and augments (random crop
-    with ``padding`` and horizontal flip)."""
+    with ``padding``, horizontal flip, and random erasing with probability ``erasing`` after
+    normalisation, see :func:`random_erase`)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean: float, std: float,
-                 train: bool = False, padding: int = 2, flip: bool = True, seed: int = 0, drop_last: bool = False):
+                 train: bool = False, padding: int = 2, flip: bool = True, seed: int = 0, drop_last: bool = False,
+                 erasing: float = 0.0, erasing_mode: str = "const"):
         if images.dim() == 3:
             images = images.unsqueeze(1)
         self.images, self.labels = images, labels
         self.batch_size, self.mean, self.std = batch_size, mean, std
         self.train, self.padding, self.flip, self.seed = train, padding, flip, seed
         self.drop_last = drop_last
+        random_erase(torch.zeros(1, 1, 2, 2), erasing, torch.Generator(), erasing_mode)  # checks the arguments
+        self.erasing, self.erasing_mode = erasing, erasing_mode
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -61,4 +105,7 @@ class InMemoryLoader:
             x = self.images[idx].float().div_(255.0)
             if self.train:
                 x = random_crop_flip(x, self.padding, self.flip, g)
-            yield (x - self.mean) / self.std, self.labels[idx]
+            x = (x - self.mean) / self.std
+            if self.train and self.erasing > 0:
+                x = random_erase(x, self.erasing, g, self.erasing_mode)
+            yield x, self.labels[idx]
