@@ -1,0 +1,77 @@
+"""Microseconds per call of the C kernels (LIF / ternary forward and backward, training BatchNorm
+forward and backward) on the tensor shapes of the issue-5 models, with the achieved memory
+traffic, to see which kernel is bound by what.
+
+    python benchmarks/kernel_micro.py [--threads 2] [--dtype bf16|fp32] [--calls 40]
+
+Shapes: [T=4, B=16, C, H, W] activations of sdt_8_384 / qkformer_10_384 at 32x32 input
+(channels-last, as ``speed.optimize`` lays them out). Median of ``--calls`` calls after 5 warm-up
+calls. GB/s counts each tensor the kernel must read or write once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+SHAPES = [(4, 16, 48, 32, 32), (4, 16, 384, 4, 4), (4, 16, 384, 2, 2), (4, 16, 1536, 2, 2)]
+
+
+def median_us(fn, calls: int) -> float:
+    for _ in range(5):
+        fn()
+    ts = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    ts.sort()
+    return ts[len(ts) // 2] * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--calls", type=int, default=40)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    from spikeformers import kernels
+    from spikeformers.neurons import LIF, Ternary
+
+    if not kernels.available():
+        raise SystemExit(f"the C kernels are not available: {kernels.status()}")
+    dt = torch.bfloat16 if a.dtype == "bf16" else torch.float32
+    size = torch.finfo(dt).bits // 8
+    lif, tern = LIF(tau=2.0, v_reset=0.0, detach_reset=True), Ternary()
+    print(f"{kernels.status()}; {torch.get_num_threads()} threads, {a.dtype}")
+    print(f"{'kernel':18s} {'shape':22s} {'us':>8s} {'GB/s':>7s}")
+    for shape in SHAPES:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(shape, generator=g).to(dt)
+        gy = torch.randn(shape, generator=g).to(dt)
+        n = x.numel() * size
+        _, hs = kernels.lif_forward(lif, x, True)
+        _, us = kernels.ternary_forward(tern, x, True)
+        x4 = x.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        gy4 = gy.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        w, b = torch.ones(shape[2]), torch.zeros(shape[2])
+        _, mean, _, rstd = kernels.batchnorm_forward(x4, w, b, 1e-5)
+        rows = [
+            ("lif_forward", lambda: kernels.lif_forward(lif, x, True), 3),        # x in; s, h out
+            ("lif_backward", lambda: kernels.lif_backward(lif, gy, hs, 0.5, 0.5), 3),
+            ("ternary_forward", lambda: kernels.ternary_forward(tern, x, True), 3),
+            ("ternary_backward", lambda: kernels.ternary_backward(tern, gy, us), 3),
+            ("bn_forward", lambda: kernels.batchnorm_forward(x4, w, b, 1e-5), 3),  # x twice, y
+            ("bn_backward", lambda: kernels.batchnorm_backward(gy4, x4, w, mean, rstd), 5),
+        ]
+        for name, fn, passes in rows:
+            us_ = median_us(fn, a.calls)
+            print(f"{name:18s} {str(list(shape)):22s} {us_:8.0f} {passes * n / us_ / 1e3:7.1f}")
+
+
+if __name__ == "__main__":
+    main()
