@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import lif, seq
+from .layers import conv_bn_fire, lif, seq
 from .neurons import ReLUNeuron, Ternary
 
 __all__ = ["SpikeDrivenSelfAttention", "A2OS2A", "SpatioTemporalAttention", "SpikingTokenMixer",
@@ -80,6 +80,10 @@ class _QKVProjections(nn.Module):
         conv, bn = getattr(self, f"{n}_conv"), getattr(self, f"{n}_bn")
         return seq(lambda z: bn(conv(z)), s)
 
+    def fire(self, n: str, s: torch.Tensor) -> torch.Tensor:
+        """``{n}_lif(project(n, s))``, BatchNorm and neuron fused where possible (layers.conv_bn_fire)."""
+        return conv_bn_fire(getattr(self, f"{n}_conv"), getattr(self, f"{n}_bn"), getattr(self, f"{n}_lif"), s)
+
     def output(self, y: torch.Tensor) -> torch.Tensor:
         """``BN(W_proj y + b)``, fired on the spike stream."""
         y = seq(lambda z: self.proj_bn(self.proj_conv(z)), y)
@@ -107,9 +111,7 @@ class SpikeDrivenSelfAttention(_QKVProjections):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         s = self.shortcut_lif(u)
-        q = self.q_lif(self.project("q", s))
-        k = self.k_lif(self.project("k", s))
-        v = self.v_lif(self.project("v", s))
+        q, k, v = self.fire("q", s), self.fire("k", s), self.fire("v", s)
         if self.dvs_mode:
             k, v = erode(k), erode(v)
         h = self.num_heads
@@ -165,7 +167,7 @@ class A2OS2A(_QKVProjections):
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         s = self.shortcut_lif(u)
         h = self.num_heads
-        q = _heads(self.q_lif(self.project("q", s)), h)          # [T,B,h,N,d] binary
+        q = _heads(self.fire("q", s), h)                          # [T,B,h,N,d] binary
         k = _heads(self.k_relu(self.project("k", s)), h)         # real >= 0
         v = _heads(self.v_ternary(self.project("v", s)), h)      # ternary
         if self.order == "q_kv":
@@ -222,7 +224,7 @@ class SpatioTemporalAttention(_QKVProjections):
         def chunked(x):  # [T,B,h,N,d] -> [T/c,B,h,c*N,d]
             return x.reshape(T // c, c, B, h, N, d).permute(0, 2, 3, 1, 4, 5).reshape(T // c, B, h, c * N, d)
 
-        q, k, v = (chunked(_heads(getattr(self, f"{n}_lif")(self.project(n, s)), h)) for n in "qkv")
+        q, k, v = (chunked(_heads(self.fire(n, s), h)) for n in "qkv")
         kv = self.attn_map(k.transpose(-2, -1) @ v)                       # [T/c,B,h,d,d]
         o = (q @ kv) * (self.scale if self.scale is not None else 1.0 / H)
         o = o.reshape(T // c, B, h, c, N, d).permute(0, 3, 1, 2, 4, 5).reshape(T, B, h, N, d)
@@ -267,7 +269,7 @@ class SpikingTokenMixer(nn.Module):
         if H * W != self.num_tokens:
             raise ValueError(f"SpikingTokenMixer was built for {self.num_tokens} tokens, got a {H}x{W} "
                              "token map (the mixing matrix has a fixed size; token pruning cannot use it)")
-        x = self.in_lif(seq(lambda z: self.in_bn(self.in_conv(z)), self.shortcut_lif(u)))
+        x = conv_bn_fire(self.in_conv, self.in_bn, self.in_lif, self.shortcut_lif(u))
         x = x.reshape(T, B, self.num_heads, C // self.num_heads, H * W)    # [T,B,h,d,N]
         y = x @ self.attn_map(self.mixer).transpose(-1, -2)   # [T,B,h,d,N]: y[..n] = sum_m W[n,m] x[..m]
         y = self.mix_lif(y.reshape(T, B, C, H, W))

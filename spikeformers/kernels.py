@@ -39,7 +39,7 @@ import torch
 
 __all__ = ["available", "status", "supports", "disabled", "lif_forward", "lif_backward",
            "ternary_forward", "ternary_backward", "batchnorm_supports", "batchnorm_forward",
-           "batchnorm_backward"]
+           "batchnorm_backward", "bnlif_supports", "bnlif_forward"]
 
 _SRCS = [Path(__file__).with_name("csrc") / f for f in ("neurons.c", "batchnorm.c")]
 _COMMON = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp"]   # -fopenmp dropped if unsupported
@@ -97,7 +97,7 @@ def _build_with(flags: list[str], tag: str) -> Path:
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (tried $CC, cc, gcc, clang)")
-    src = b"".join(f.read_bytes() for f in _SRCS)
+    src = b"".join(f.read_bytes() for f in sorted(_SRCS[0].parent.glob("*.[ch]")))   # headers too
     key = hashlib.sha256(src + cc.encode() + " ".join(flags).encode() + sys.platform.encode()
                          + platform.machine().encode() + _cpu_id()).hexdigest()[:16]
     out = _cache_dir() / f"neurons-{tag}-{key}.so"
@@ -123,22 +123,26 @@ def _declare(lib) -> None:
         getattr(lib, f"ternary_backward_{suf}").argtypes = [p, p, p, i64, i64, i64, i64, i, f, f, i, f]
         getattr(lib, f"bn_forward_{suf}").argtypes = [p, p, p, p, p, p, p, i64, i64, i64, i64, f]
         getattr(lib, f"bn_backward_{suf}").argtypes = [p, p, p, p, p, p, p, p, i64, i64, i64, i64]
-        for n in ("lif_forward", "lif_backward", "ternary_forward", "ternary_backward", "bn_forward", "bn_backward"):
+        getattr(lib, f"bnlif_forward_{suf}").argtypes = [p, p, p, p, p, p, p, p, i64, i64, i64, i64, f, i64, i,
+                                                         f, f, f, f]
+        for n in ("lif_forward", "lif_backward", "ternary_forward", "ternary_backward", "bn_forward", "bn_backward",
+                  "bnlif_forward"):
             getattr(lib, f"{n}_{suf}").restype = None
 
 
 class _Lib:
-    """Neuron forward functions from the strict build; the neuron backward functions and the
-    BatchNorm kernels (no bit-exactness to keep) from the fast-math build."""
+    """The neuron, BatchNorm and fused BatchNorm + LIF forward functions from the strict build (the
+    fused kernel computes exactly the BatchNorm output of bn_forward, then the LIF forward); the
+    backward functions (no bit-exactness to keep) from the fast-math build."""
 
     def __init__(self, strict, fast):
         _declare(strict)
         _declare(fast)
         self._name, self._strict = strict._name, strict
         for suf in ("f32", "bf16"):
-            for n in ("lif_forward", "ternary_forward"):
+            for n in ("lif_forward", "ternary_forward", "bn_forward", "bnlif_forward"):
                 setattr(self, f"{n}_{suf}", getattr(strict, f"{n}_{suf}"))
-            for n in ("lif_backward", "ternary_backward", "bn_forward", "bn_backward"):
+            for n in ("lif_backward", "ternary_backward", "bn_backward"):
                 setattr(self, f"{n}_{suf}", getattr(fast, f"{n}_{suf}"))
         # threads come from OpenMP inside C only if both builds have it and share PyTorch's runtime
         self.openmp = all(_shares_torch_openmp(lib) for lib in (strict, fast))
@@ -402,6 +406,37 @@ def batchnorm_backward(grad_y: torch.Tensor, x: torch.Tensor, weight, mean, rstd
           mean.data_ptr(), rstd.data_ptr(), gw.data_ptr(), gb.data_ptr()),
          (), unit=16, parallel=M * C >= _PAR_MIN and C >= 32)
     return gx, gw, gb
+
+
+def bnlif_supports(x: torch.Tensor, T: int, neuron) -> bool:
+    """Whether :func:`bnlif_forward` takes ``x`` (see :func:`batchnorm_supports`), rows a multiple
+    of ``T``, and ``neuron``: a LIF with decay_input and a surrogate the kernels know."""
+    from .neurons import _KERNEL_SURROGATES, LIF
+
+    if type(neuron) is not LIF or not neuron.decay_input or neuron.smooth:
+        return False
+    if type(neuron.surrogate) not in _KERNEL_SURROGATES or T < 1:
+        return False
+    return batchnorm_supports(x) and (x.numel() // x.shape[1]) % T == 0
+
+
+def bnlif_forward(x: torch.Tensor, weight, bias, eps: float, neuron, T: int, keep_h: bool = True):
+    """Training BatchNorm of ``x`` (as :func:`batchnorm_forward`) fed straight into the LIF
+    ``neuron`` over ``T`` time steps (rows ``t * M/T ...``): the spikes (x's dtype and layout), the
+    membranes H for :func:`lif_backward` (None unless ``keep_h``) and the batch ``mean``, ``var``,
+    ``rstd``; the BatchNorm output is never stored."""
+    C = x.shape[1]
+    M = x.numel() // C
+    _, rk, tau, _, r = lif_kinds(neuron)
+    v0 = 0.0 if neuron.v_reset is None else neuron.v_reset
+    s = torch.empty_like(x)
+    hs = torch.empty_like(x) if keep_h else None
+    mean, var, rstd = (torch.empty(C) for _ in range(3))
+    w, b = _f32(weight), _f32(bias)
+    _run(getattr(_load(), f"bnlif_forward_{_suffix(x)}"), M, C,
+         (x.data_ptr(), s.data_ptr(), _ptr(hs), _ptr(w), _ptr(b), mean.data_ptr(), var.data_ptr(), rstd.data_ptr()),
+         (float(eps), T, rk, tau, r, neuron.v_threshold, v0), unit=16, parallel=M * C >= _PAR_MIN and C >= 32)
+    return s, hs, mean, var, rstd
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,14 +15,22 @@ import torch
 from torch import nn
 
 from .neurons import LIF
+from .speed import bn_fire
 
-__all__ = ["seq", "lif", "MaxPool", "SPS", "IPSPS", "SpikingMLP", "SpikingModel", "trunc_normal_init"]
+__all__ = ["seq", "conv_bn_fire", "lif", "MaxPool", "SPS", "IPSPS", "SpikingMLP", "SpikingModel", "trunc_normal_init"]
 
 
 def seq(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Apply a per-sample module ``fn`` to ``x[T, B, ...]`` through the merged ``[T*B, ...]`` view."""
     y = fn(x.flatten(0, 1))
     return y.reshape(x.shape[0], x.shape[1], *y.shape[1:])
+
+
+def conv_bn_fire(conv: Callable, bn: nn.Module, neuron: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``neuron(seq(bn . conv, x))`` for ``x[T, B, ...]``: the conv on the merged view, then BatchNorm
+    and the neuron as one fused kernel where :func:`spikeformers.speed.bn_fire` can (a training step
+    of a :func:`~spikeformers.speed.optimize`-d model on CPU), else exactly that composition."""
+    return bn_fire(bn, neuron, conv(x.flatten(0, 1)), x.shape[0])
 
 
 def lif(v_threshold: float = 1.0, **kw) -> LIF:
@@ -78,8 +86,8 @@ class SPS(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [T, B, C, H, W]
         for i in range(3):
             sfx = "" if i == 0 else str(i)
-            x = getattr(self, f"proj_lif{sfx}")(seq(lambda z: getattr(self, f"proj_bn{sfx}")(
-                getattr(self, f"proj_conv{sfx}")(z)), x))
+            x = conv_bn_fire(getattr(self, f"proj_conv{sfx}"), getattr(self, f"proj_bn{sfx}"),
+                             getattr(self, f"proj_lif{sfx}"), x)
             if self.pooling_stat[i] == "1":
                 x = seq(self.pool, x)
         u = seq(lambda z: self.proj_bn3(self.proj_conv3(z)), x)
@@ -104,10 +112,13 @@ class SpikingMLP(nn.Module):
         self.res = dim == hidden  # official quirk: inner residual when hidden == dim
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        h = seq(lambda z: self.fc1_bn(self.fc1_conv(z)), self.fc1_lif(u))
+        s = self.fc1_lif(u)
         if self.res:
-            h = u + h
-        return seq(lambda z: self.fc2_bn(self.fc2_conv(z)), self.fc2_lif(h))
+            h = u + seq(lambda z: self.fc1_bn(self.fc1_conv(z)), s)
+            s = self.fc2_lif(h)
+        else:  # fc2_lif fires fc1_bn's output directly: one fused kernel
+            s = conv_bn_fire(self.fc1_conv, self.fc1_bn, self.fc2_lif, s)
+        return seq(lambda z: self.fc2_bn(self.fc2_conv(z)), s)
 
 
 def trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
@@ -200,11 +211,10 @@ class IPSPS(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [T, B, C, H, W]
         s = x
-        for i in range(4):
-            conv, bn = getattr(self, f"proj_conv{i}"), getattr(self, f"proj_bn{i}")
-            s = seq(lambda z: bn(conv(z)), s)
-            if i < 3:
-                s = getattr(self, f"proj_lif{i}")(s)
+        for i in range(3):
+            s = conv_bn_fire(getattr(self, f"proj_conv{i}"), getattr(self, f"proj_bn{i}"),
+                             getattr(self, f"proj_lif{i}"), s)
+        s = seq(lambda z: self.proj_bn3(self.proj_conv3(z)), s)
         p = seq(lambda z: self.short_bn(self.short_conv(z)), x)
         if p.shape[-2:] != s.shape[-2:]:
             raise ValueError(f"IPSPS: the short path gives a {tuple(p.shape[-2:])} map, the main path "

@@ -39,8 +39,8 @@ from torch import nn
 
 from . import kernels
 
-__all__ = ["MatmulConv1d", "MatmulConv2d", "FastBatchNorm2d", "TokenBatchNorm1d", "keep_freed_memory", "optimize",
-           "fuse", "unfused_batchnorms"]
+__all__ = ["MatmulConv1d", "MatmulConv2d", "FastBatchNorm2d", "TokenBatchNorm1d", "bn_fire", "keep_freed_memory",
+           "optimize", "fuse", "unfused_batchnorms"]
 
 
 class MatmulConv2d(nn.Conv2d):
@@ -85,20 +85,72 @@ class _BatchNormTrain(torch.autograd.Function):
                 gb.to(weight.dtype) if ctx.needs_input_grad[2] else None, None)
 
 
+class _BatchNormLIF(torch.autograd.Function):
+    """Training BatchNorm fed straight into a LIF neuron: forward in one C kernel
+    (kernels.bnlif_forward, the BatchNorm output never stored), backward as the LIF backward then
+    the BatchNorm backward (kernels.lif_backward, kernels.batchnorm_backward). Returns the spikes
+    and the batch mean / biased var."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, neuron, T):
+        s, hs, mean, var, rstd = kernels.bnlif_forward(x, weight, bias, eps, neuron, T, keep_h=True)
+        ctx.save_for_backward(x, weight, hs, mean, rstd)
+        ctx.neuron, ctx.T = neuron, T
+        ctx.mark_non_differentiable(mean, var)
+        return s, mean, var
+
+    @staticmethod
+    def backward(ctx, gs, _gm, _gv):
+        x, weight, hs, mean, rstd = ctx.saved_tensors
+        n, T = ctx.neuron, ctx.T
+        a, b = n.charge_coeffs()
+        gy = kernels.lif_backward(n, gs.reshape(T, -1, *gs.shape[1:]), hs.reshape(T, -1, *hs.shape[1:]), a, b)
+        gx, gw, gb = kernels.batchnorm_backward(gy.flatten(0, 1), x, weight, mean, rstd)
+        return (gx, gw.to(weight.dtype) if weight is not None else None,
+                gb.to(weight.dtype) if ctx.needs_input_grad[2] else None, None, None, None)
+
+
+def _update_running_stats(bn: nn.modules.batchnorm._BatchNorm, mean, var, n: int) -> None:
+    """nn.BatchNorm's running-average update from the batch ``mean`` and biased ``var`` of ``n`` values."""
+    if bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            f = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            bn.running_mean.mul_(1 - f).add_(mean, alpha=f)
+            bn.running_var.mul_(1 - f).add_(var * (n / max(n - 1, 1)), alpha=f)
+
+
 def _batchnorm(bn: nn.modules.batchnorm._BatchNorm, x4: torch.Tensor, fallback) -> torch.Tensor:
     """``bn`` on the channels-last 4-D ``x4``: in training through the C kernel when it takes the
     tensor (same statistics and running-average update as nn.BatchNorm), else ``fallback(x4)``."""
     if not (bn.training and kernels.batchnorm_supports(x4)):
         return fallback(x4)
     y, mean, var = _BatchNormTrain.apply(x4, bn.weight, bn.bias, bn.eps)
-    if bn.track_running_stats and bn.running_mean is not None:
-        with torch.no_grad():
-            bn.num_batches_tracked.add_(1)
-            f = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-            n = x4.numel() // x4.shape[1]
-            bn.running_mean.mul_(1 - f).add_(mean, alpha=f)
-            bn.running_var.mul_(1 - f).add_(var * (n / max(n - 1, 1)), alpha=f)
+    _update_running_stats(bn, mean, var, x4.numel() // x4.shape[1])
     return y
+
+
+def bn_fire(bn: nn.Module, neuron: nn.Module, y: torch.Tensor, T: int) -> torch.Tensor:
+    """``neuron(bn(y))`` for the merged ``y[T*B, C, ...]``, returned time-first ``[T, B, C, ...]``.
+
+    When ``bn`` is one of :func:`optimize`'s BatchNorms in training and ``neuron`` a LIF with
+    decay_input, on a CPU tensor the C kernels take (:func:`spikeformers.kernels.bnlif_supports`),
+    both run as one fused kernel each way: the BatchNorm output is never stored and the membranes
+    are recomputed in the backward instead of saved. Same statistics, running averages and spikes
+    as ``bn`` then ``neuron`` through the C kernels (``tests/test_speed.py``); else it is exactly
+    that composition."""
+    x4 = None
+    if isinstance(bn, FastBatchNorm2d) and y.dim() == 4:
+        x4 = y
+    elif isinstance(bn, TokenBatchNorm1d) and y.dim() == 3 and y.stride(1) == 1 and y.shape[2] > 1:
+        x4 = y.unsqueeze(-1)
+    if x4 is not None and bn.training and kernels.bnlif_supports(x4, T, neuron):
+        s, mean, var = _BatchNormLIF.apply(x4, bn.weight, bn.bias, bn.eps, neuron, T)
+        _update_running_stats(bn, mean, var, x4.numel() // x4.shape[1])
+        s = s.squeeze(-1) if x4 is not y else s
+        return s.reshape(T, -1, *s.shape[1:])
+    z = bn(y)
+    return neuron(z.reshape(T, -1, *z.shape[1:]))
 
 
 class FastBatchNorm2d(nn.BatchNorm2d):

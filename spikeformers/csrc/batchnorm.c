@@ -1,4 +1,5 @@
-/* Training-mode BatchNorm over a channels-last block (CPU), for spikeformers/kernels.py.
+/* Training-mode BatchNorm over a channels-last block (CPU), alone or fused with the LIF neuron
+ * that follows it, for spikeformers/kernels.py.
  *
  * The tensor is an [M, C] row-major matrix: a channels-last [N, C, H, W] (M = N*H*W) or the
  * [N, C, L, 1] view of a channels-innermost token matrix. Every function works on the channel
@@ -14,34 +15,44 @@
  *
  * PyTorch's own CPU kernel computes the same quantities; its backward for channels-last took
  * 3.5-4.5x its forward on this machine, this one reads x and gy twice and writes gx once.
+ *
+ * BatchNorm + LIF forward (bnlif_forward_*): the rows are T time steps of R = M / T rows each
+ * (the merged [T*B, ...] layout of the models), and the BatchNorm output y feeds a LIF neuron
+ * with decay_input (the official models' neuron). y is never written: after the statistics pass
+ * the kernel computes y, rounds it to the tensor's dtype exactly as bn_forward stores it, and runs
+ * the neuron's charge / fire / reset over t, writing the spikes and (for the backward) the
+ * membranes H. 4 passes over the activation instead of bn_forward + lif_forward's 6 (x twice, y
+ * written and read back, spikes, H). Built like the neuron forward, without fast-math or
+ * contraction, as is bn_forward: the same y, hence the same spikes and H, as the two kernels in
+ * turn. The backward is lif_backward then bn_backward: a fused backward that recomputed y and H
+ * from x (6 passes instead of 8, nothing but x saved) measured slower here, its sigmoid surrogate
+ * being compute-bound at these sizes.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include "parallel.h"
+#include "common.h"
+#include "lif.h"
 
-static inline float bn_bf2f(uint16_t b) { uint32_t u = (uint32_t)b << 16; float f; memcpy(&f, &u, 4); return f; }
-static inline uint16_t bn_f2bf(float f) {
-    uint32_t u; memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
 #define LOAD_f32(p) (p)
-#define LOAD_bf16(p) bn_bf2f(p)
+#define LOAD_bf16(p) bf2f(p)
 #define STORE_f32(v) (v)
-#define STORE_bf16(v) bn_f2bf(v)
+#define STORE_bf16(v) f2bf(v)
+#define ROUND_f32(v) (v)
+#define ROUND_bf16(v) bf2f(f2bf(v))
 
 /* rows are processed in blocks whose float partial sums go into the double totals: the inner
  * loops over channels stay float and vectorise, the totals keep double accuracy */
 #define BN_ROWS 64
 
 #define BN_FUNCS(SUF, T)                                                                          \
-void bn_forward_##SUF(const T *x, T *y, const float *w, const float *b, float *mean_out,         \
-                      float *var_out, float *rstd_out, int64_t M, int64_t C, int64_t c0, int64_t c1, float eps) { \
-    SF_PAR_BEGIN(c0, c1, 16, M * (c1 - c0) >= SF_PAR_MIN && c1 - c0 >= 32)                          \
-    int64_t n = c1 - c0;                                                                          \
+/* statistics of channels [c0, c0 + n): mean, var, rstd (out arrays indexed by channel), and   \
+ * the coefficients y = x * A[j] + B[j] */                                                        \
+static void bn_stats_##SUF(const T *x, const float *w, const float *b, float *mean_out,          \
+                           float *var_out, float *rstd_out, float *A, float *B, int64_t M,       \
+                           int64_t C, int64_t c0, int64_t n, float eps) {                        \
     double *s = calloc(2 * n, sizeof(double)), *ss = s + n;                                       \
     float *ps = malloc(3 * n * sizeof(float)), *pss = ps + n, *k = ps + 2 * n;                    \
     for (int64_t j = 0; j < n; j++) k[j] = M ? LOAD_##SUF(x[c0 + j]) : 0.0f; /* shift: row 0 */   \
@@ -60,13 +71,42 @@ void bn_forward_##SUF(const T *x, T *y, const float *w, const float *b, float *m
         float rstd = (float)(1.0 / sqrt(var + (double)eps));                                      \
         float a = (w ? w[c0 + j] : 1.0f) * rstd;                                                  \
         mean_out[c0 + j] = (float)m; var_out[c0 + j] = (float)var; rstd_out[c0 + j] = rstd;       \
-        ps[j] = a; pss[j] = (b ? b[c0 + j] : 0.0f) - (float)m * a;                                \
-    }                                                                                             \
-    for (int64_t i = 0; i < M; i++) {                                                             \
-        const T *row = x + i * C + c0; T *out = y + i * C + c0;                                   \
-        for (int64_t j = 0; j < n; j++) out[j] = STORE_##SUF(LOAD_##SUF(row[j]) * ps[j] + pss[j]); \
+        A[j] = a; B[j] = (b ? b[c0 + j] : 0.0f) - (float)m * a;                                   \
     }                                                                                             \
     free(s); free(ps);                                                                            \
+}                                                                                                 \
+/* from the per-channel sums of gy and gy (x - mean): gw, gb and gx = gy * P + x * Q + S */      \
+static void bn_grad_coeffs_##SUF(const double *sg, const double *sgx, const float *w,            \
+                                 const float *mean, const float *rstd, float *gw, float *gb,     \
+                                 float *P, float *Q, float *S, int64_t M, int64_t c0, int64_t n) { \
+    for (int64_t j = 0; j < n; j++) {                                                             \
+        float rs = rstd[c0 + j], wv = w ? w[c0 + j] : 1.0f;                                       \
+        float sgy = (float)sg[j], sgxh = (float)(sgx[j] * rs);  /* sum gy, sum gy * xhat */       \
+        if (gb) gb[c0 + j] = sgy;                                                                 \
+        if (gw) gw[c0 + j] = sgxh;                                                                \
+        float p = wv * rs, q = -p * rs * sgxh / (float)M;                                         \
+        P[j] = p; Q[j] = q; S[j] = -p * sgy / (float)M - q * mean[c0 + j];                        \
+    }                                                                                             \
+}                                                                                                 \
+static void bn_apply_grad_##SUF(const T *gy, const T *x, T *gx, const float *P, const float *Q,  \
+                                const float *S, int64_t M, int64_t C, int64_t c0, int64_t n) {   \
+    for (int64_t i = 0; i < M; i++) {                                                             \
+        const T *g = gy + i * C + c0, *row = x + i * C + c0; T *out = gx + i * C + c0;            \
+        for (int64_t j = 0; j < n; j++)                                                           \
+            out[j] = STORE_##SUF(LOAD_##SUF(g[j]) * P[j] + LOAD_##SUF(row[j]) * Q[j] + S[j]);     \
+    }                                                                                             \
+}                                                                                                 \
+void bn_forward_##SUF(const T *x, T *y, const float *w, const float *b, float *mean_out,         \
+                      float *var_out, float *rstd_out, int64_t M, int64_t C, int64_t c0, int64_t c1, float eps) { \
+    SF_PAR_BEGIN(c0, c1, 16, M * (c1 - c0) >= SF_PAR_MIN && c1 - c0 >= 32)                          \
+    int64_t n = c1 - c0;                                                                          \
+    float *A = malloc(2 * n * sizeof(float)), *B = A + n;                                         \
+    bn_stats_##SUF(x, w, b, mean_out, var_out, rstd_out, A, B, M, C, c0, n, eps);                 \
+    for (int64_t i = 0; i < M; i++) {                                                             \
+        const T *row = x + i * C + c0; T *out = y + i * C + c0;                                   \
+        for (int64_t j = 0; j < n; j++) out[j] = STORE_##SUF(LOAD_##SUF(row[j]) * A[j] + B[j]);   \
+    }                                                                                             \
+    free(A);                                                                                      \
     SF_PAR_END                                                                                    \
 }                                                                                                 \
 void bn_backward_##SUF(const T *gy, const T *x, T *gx, const float *w, const float *mean,        \
@@ -88,22 +128,54 @@ void bn_backward_##SUF(const T *gy, const T *x, T *gx, const float *w, const flo
         }                                                                                         \
         for (int64_t j = 0; j < n; j++) { s[j] += ps[j]; sx[j] += psx[j]; }                       \
     }                                                                                             \
-    for (int64_t j = 0; j < n; j++) {                                                             \
-        float r = rstd[c0 + j], wv = w ? w[c0 + j] : 1.0f;                                        \
-        float sgy = (float)s[j], sgxh = (float)(sx[j] * r);     /* sum gy, sum gy * xhat */       \
-        if (gb) gb[c0 + j] = sgy;                                                                 \
-        if (gw) gw[c0 + j] = sgxh;                                                                \
-        float p = wv * r, q = -p * r * sgxh / (float)M;                                           \
-        ps[j] = p; psx[j] = q; pr[j] = -p * sgy / (float)M - q * mean[c0 + j];                    \
-    }                                                                                             \
-    for (int64_t i = 0; i < M; i++) {                                                             \
-        const T *g = gy + i * C + c0, *row = x + i * C + c0; T *out = gx + i * C + c0;            \
-        for (int64_t j = 0; j < n; j++)                                                           \
-            out[j] = STORE_##SUF(LOAD_##SUF(g[j]) * ps[j] + LOAD_##SUF(row[j]) * psx[j] + pr[j]); \
-    }                                                                                             \
+    bn_grad_coeffs_##SUF(s, sx, w, mean, rstd, gw, gb, ps, psx, pr, M, c0, n);                    \
+    bn_apply_grad_##SUF(gy, x, gx, ps, psx, pr, M, C, c0, n);                                     \
     free(s); free(ps);                                                                            \
     SF_PAR_END                                                                                    \
 }
 
 BN_FUNCS(f32, float)
 BN_FUNCS(bf16, uint16_t)
+
+/* ---- BatchNorm + LIF (decay_input charge, CHARGE_0 of lif.h; reset kind RK) ---------------- */
+
+#define BNLIF_FWD_BODY(RK, SUF, TY, KEEP)                                                         \
+    for (int64_t i = 0; i < R; i++) {                                                             \
+        for (int64_t j = 0; j < n; j++) v[j] = v0;                                                \
+        for (int64_t t = 0; t < TT; t++) {                                                        \
+            int64_t off = (t * R + i) * C + c0;                                                   \
+            const TY *row = x + off; TY *out = s + off, *ht = KEEP ? hs + off : NULL;             \
+            for (int64_t j = 0; j < n; j++) {                                                     \
+                float y = ROUND_##SUF(LOAD_##SUF(row[j]) * A[j] + B[j]);                          \
+                float h = CHARGE_0(v[j], y);                                                      \
+                int f = h >= vth;                                                                 \
+                out[j] = STORE_##SUF(f ? 1.0f : 0.0f);                                            \
+                if (KEEP) ht[j] = STORE_##SUF(h);                                                 \
+                v[j] = f ? RESET_##RK(h) : h;                                                     \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+#define BNLIF_FUNCS(SUF, TY)                                                                      \
+void bnlif_forward_##SUF(const TY *x, TY *s, TY *hs, const float *w, const float *b,             \
+                         float *mean_out, float *var_out, float *rstd_out, int64_t M, int64_t C, \
+                         int64_t c0, int64_t c1, float eps, int64_t TT, int rkind, float tau,   \
+                         float r, float vth, float v0) {                                          \
+    SF_PAR_BEGIN(c0, c1, 16, M * (c1 - c0) >= SF_PAR_MIN && c1 - c0 >= 32)                          \
+    int64_t n = c1 - c0, R = M / TT;                                                              \
+    float *A = malloc(3 * n * sizeof(float)), *B = A + n, *v = A + 2 * n;                         \
+    bn_stats_##SUF(x, w, b, mean_out, var_out, rstd_out, A, B, M, C, c0, n, eps);                 \
+    switch (rkind * 2 + (hs != NULL)) {                                                           \
+    case 0: { BNLIF_FWD_BODY(0, SUF, TY, 0) break; }                                              \
+    case 1: { BNLIF_FWD_BODY(0, SUF, TY, 1) break; }                                              \
+    case 2: { BNLIF_FWD_BODY(1, SUF, TY, 0) break; }                                              \
+    case 3: { BNLIF_FWD_BODY(1, SUF, TY, 1) break; }                                              \
+    case 4: { BNLIF_FWD_BODY(2, SUF, TY, 0) break; }                                              \
+    default: { BNLIF_FWD_BODY(2, SUF, TY, 1) break; }                                             \
+    }                                                                                             \
+    free(A);                                                                                      \
+    SF_PAR_END                                                                                    \
+}
+
+BNLIF_FUNCS(f32, float)
+BNLIF_FUNCS(bf16, uint16_t)

@@ -27,65 +27,8 @@
 #include <stdint.h>
 #include <string.h>
 #include "parallel.h"
-
-static inline float bf2f(uint16_t b) { uint32_t u = (uint32_t)b << 16; float f; memcpy(&f, &u, 4); return f; }
-static inline uint16_t f2bf(float f) {
-    uint32_t u; memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);  /* NaN stays NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);                                           /* round to nearest even */
-    return (uint16_t)(u >> 16);
-}
-static inline float f32_load(const float *p) { return *p; }
-static inline void f32_store(float *p, float v) { *p = v; }
-static inline float bf16_load(const uint16_t *p) { return bf2f(*p); }
-static inline void bf16_store(uint16_t *p, float v) { *p = f2bf(v); }
-
-/* charge kinds */
-#define CH_DECAY 0        /* h = v + (x - v) / tau                       */
-#define CH_DECAY_R 1      /* h = v + (x - (v - r)) / tau                 */
-#define CH_NODECAY 2      /* h = v * c + x,  c = float(1 - 1/tau)         */
-#define CH_NODECAY_R 3    /* h = v - (v - r) / tau + x                   */
-#define CH_IF 4           /* h = v + x                                   */
-/* reset kinds */
-#define RS_SOFT 0         /* v = h - s * vth      */
-#define RS_ZERO 1         /* v = h * (1 - s)      */
-#define RS_VALUE 2        /* v = (1 - s) * h + s * r */
-/* surrogates */
-#define SG_SIGMOID 0
-#define SG_ATAN 1
-#define SG_STRAIGHT 2
-#define SG_TRIANGLE 3
-
-
-/* Inner loops are specialised per (charge, reset) and per surrogate so that the compiler can
- * vectorise them; the reset is written as a select on the 0/1 spike, which gives the same value
- * as the loop's product form (h * (1 - s) etc.) for s in {0, 1}. */
-#define CHARGE_0(v, x) ((v) + ((x) - ((v) - r)) / tau)     /* decay_input (r = 0 gives v - 0 = v) */
-#define CHARGE_2(v, x) ((v) * c + (x))                      /* no decay_input, v_reset 0          */
-#define CHARGE_3(v, x) ((v) - ((v) - r) / tau + (x))        /* no decay_input, v_reset r          */
-#define CHARGE_4(v, x) ((v) + (x))                          /* IF                                  */
-#define RESET_0(h) ((h) - vth)                              /* soft                               */
-#define RESET_1(h) ((h) * 0.0f)                             /* hard to 0: h * (1 - 1)             */
-#define RESET_2(h) (0.0f * (h) + r)                         /* hard to r: (1 - 1) * h + 1 * r     */
-
-/* exp for the backward's sigmoid: Cephes' expf polynomial (rel. error ~2e-7), written without
- * calls or branches so that the compiler vectorises the loops around it. */
-static inline float exp_approx(float x) {
-    x = x > 88.0f ? 88.0f : (x < -87.0f ? -87.0f : x);
-    float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f; p = p * r + 8.3334519073e-3f; p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f; p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t e = ((int32_t)n + 127) << 23;
-    float scale; memcpy(&scale, &e, 4);
-    return p * scale;
-}
-#define SG_0(z) ({ float _s = 1.0f / (1.0f + exp_approx(-alpha * (z))); alpha * _s * (1.0f - _s); })
-#define SG_1(z) ({ float _q = 1.5707963267948966f * alpha * (z); (alpha / 2.0f) / (1.0f + _q * _q); })
-#define SG_2(z) (fabsf(z) <= alpha ? 1.0f : 0.0f)
-#define SG_3(z) ({ float _g = 1.0f - fabsf(z) / alpha; _g > 0.0f ? _g / alpha : 0.0f; })
+#include "common.h"
+#include "lif.h"
 
 #define BLK 256
 

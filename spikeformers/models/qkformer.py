@@ -46,7 +46,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import MaxPool, SpikingModel, lif, seq
+from ..layers import MaxPool, SpikingModel, conv_bn_fire, lif, seq
 from .registry import register_model
 from .spikformer import ConvMLP, ConvSSA
 
@@ -64,8 +64,9 @@ def _unit(parent: nn.Module, name: str, cin: int, cout: int, k: int = 3, stride:
 
 def _run(parent: nn.Module, name: str, x: torch.Tensor, pool: bool = False) -> torch.Tensor:
     conv, bn = getattr(parent, f"{name}_conv"), getattr(parent, f"{name}_bn")
-    y = seq((lambda z: parent.pool(bn(conv(z)))) if pool else (lambda z: bn(conv(z))), x)
-    return getattr(parent, f"{name}_lif")(y)
+    if not pool:
+        return conv_bn_fire(conv, bn, getattr(parent, f"{name}_lif"), x)
+    return getattr(parent, f"{name}_lif")(seq(lambda z: parent.pool(bn(conv(z))), x))
 
 
 class PatchEmbedInit(nn.Module):
@@ -141,8 +142,8 @@ class TokenQKAttention(nn.Module):
     def forward(self, x):
         T, B, C, H, W = x.shape
         x = x.flatten(3)                                                              # [T, B, C, N]
-        q = self.q_lif(seq(lambda z: self.q_bn(self.q_conv(z)), x)).reshape(T, B, self.num_heads, -1, H * W)
-        k = self.k_lif(seq(lambda z: self.k_bn(self.k_conv(z)), x)).reshape(T, B, self.num_heads, -1, H * W)
+        q = conv_bn_fire(self.q_conv, self.q_bn, self.q_lif, x).reshape(T, B, self.num_heads, -1, H * W)
+        k = conv_bn_fire(self.k_conv, self.k_bn, self.k_lif, x).reshape(T, B, self.num_heads, -1, H * W)
         attn = self.attn_map(self.mask(q, x))                                         # [T, B, h, 1, N]
         y = (attn * k).flatten(2, 3)                                                  # [T, B, C, N]
         y = seq(lambda z: self.proj_bn(self.proj_conv(z)), y).reshape(T, B, C, H, W)

@@ -32,7 +32,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import MaxPool, SpikingModel, lif, seq
+from ..layers import MaxPool, SpikingModel, conv_bn_fire, lif, seq
+from ..speed import bn_fire
 from .registry import register_model
 
 __all__ = ["Spikformer", "SpikformerSPS", "LinearSSA", "LinearMLP", "ConvSSA", "ConvMLP"]
@@ -64,11 +65,11 @@ class SpikformerSPS(nn.Module):
     def forward(self, x):  # [T, B, C, H, W]
         for i in range(4):
             sfx = "" if i == 0 else str(i)
-            conv, bn = getattr(self, f"proj_conv{sfx}"), getattr(self, f"proj_bn{sfx}")
-            x = getattr(self, f"proj_lif{sfx}")(seq(lambda z: bn(conv(z)), x))
+            x = conv_bn_fire(getattr(self, f"proj_conv{sfx}"), getattr(self, f"proj_bn{sfx}"),
+                             getattr(self, f"proj_lif{sfx}"), x)
             if self.pooling[i] == "1":
                 x = seq(self.pool, x)
-        return x + self.rpe_lif(seq(lambda z: self.rpe_bn(self.rpe_conv(z)), x))
+        return x + conv_bn_fire(self.rpe_conv, self.rpe_bn, self.rpe_lif, x)
 
 
 def _heads(s: torch.Tensor, h: int) -> torch.Tensor:
@@ -93,8 +94,8 @@ class LinearSSA(nn.Module):
     def _branch(self, n: str, x: torch.Tensor) -> torch.Tensor:
         T, B, N, D = x.shape
         y = getattr(self, f"{n}_linear")(x.flatten(0, 1))                                  # [TB, N, D]
-        y = getattr(self, f"{n}_bn")(y.transpose(-1, -2)).transpose(-1, -2).reshape(T, B, N, D)
-        return getattr(self, f"{n}_lif")(y.contiguous())
+        s = bn_fire(getattr(self, f"{n}_bn"), getattr(self, f"{n}_lif"), y.transpose(-1, -2), T)  # [T,B,D,N]
+        return s.transpose(-1, -2).contiguous()
 
     def forward(self, x):  # [T, B, N, D]
         T, B, N, D = x.shape
@@ -115,9 +116,9 @@ class LinearMLP(nn.Module):
     def forward(self, x):  # [T, B, N, D]
         T, B, N, _ = x.shape
         for i in (1, 2):
-            y = getattr(self, f"fc{i}_linear")(x.flatten(0, 1))
-            y = getattr(self, f"fc{i}_bn")(y.transpose(-1, -2)).transpose(-1, -2)
-            x = getattr(self, f"fc{i}_lif")(y.reshape(T, B, N, -1).contiguous())
+            y = getattr(self, f"fc{i}_linear")(x.flatten(0, 1))                           # [TB, N, D']
+            x = bn_fire(getattr(self, f"fc{i}_bn"), getattr(self, f"fc{i}_lif"), y.transpose(-1, -2), T)
+            x = x.transpose(-1, -2).contiguous()                                          # [T, B, N, D']
         return x
 
 
@@ -145,9 +146,7 @@ class ConvSSA(nn.Module):
         self.attn_lif = lif(v_threshold=0.5)
 
     def _branch(self, n: str, x: torch.Tensor) -> torch.Tensor:
-        T, B, D, N = x.shape
-        y = seq(lambda z: getattr(self, f"{n}_bn")(getattr(self, f"{n}_conv")(z)), x)
-        return getattr(self, f"{n}_lif")(y.contiguous())
+        return conv_bn_fire(getattr(self, f"{n}_conv"), getattr(self, f"{n}_bn"), getattr(self, f"{n}_lif"), x)
 
     def forward(self, x):  # [T, B, D, N]
         T, B, D, N = x.shape
@@ -178,8 +177,7 @@ class ConvMLP(nn.Module):
         if self.conv_dim == 2:
             x = x.reshape(T, B, D, *grid)
         for i in (1, 2):
-            conv, bn = getattr(self, f"fc{i}_conv"), getattr(self, f"fc{i}_bn")
-            x = getattr(self, f"fc{i}_lif")(seq(lambda z: bn(conv(z)), x).contiguous())
+            x = conv_bn_fire(getattr(self, f"fc{i}_conv"), getattr(self, f"fc{i}_bn"), getattr(self, f"fc{i}_lif"), x)
         return x.reshape(T, B, D, N)
 
 
