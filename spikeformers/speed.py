@@ -39,8 +39,8 @@ from torch import nn
 
 from . import kernels
 
-__all__ = ["MatmulConv1d", "MatmulConv2d", "FastBatchNorm2d", "TokenBatchNorm1d", "bn_fire", "keep_freed_memory",
-           "optimize", "fuse", "unfused_batchnorms"]
+__all__ = ["MatmulConv1d", "MatmulConv2d", "SmallMapConv2d", "FastBatchNorm2d", "TokenBatchNorm1d", "bn_fire",
+           "keep_freed_memory", "optimize", "fuse", "unfused_batchnorms"]
 
 
 class MatmulConv2d(nn.Conv2d):
@@ -64,6 +64,57 @@ class MatmulConv1d(nn.Conv1d):
         if x.dim() != 3:
             return super().forward(x)
         return F.linear(x.transpose(1, 2).contiguous(), self.weight.flatten(1), self.bias).transpose(1, 2)
+
+
+class _TapMatrix(torch.autograd.Function):
+    """The weight of a 3x3 / stride 1 / padding 1 convolution on an ``H x W`` map (H, W <= 2) as
+    one dense matrix ``[(p, co), (q, ci)]``: output position p = (py, px) sees input position
+    q = (qy, qx) through tap (1 - py + qy, 1 - px + qx) (every pair is in range on such a map).
+    The backward adds each position's block back into its taps, with no full-size temporaries
+    (autograd's slice backward allocated and zero-filled the whole weight four times)."""
+
+    @staticmethod
+    def forward(ctx, w, H, W):
+        ctx.H, ctx.W = H, W
+        co, ci = w.shape[:2]
+        wt = w.permute(0, 2, 3, 1).contiguous()          # [co, ky, kx, ci]: every slice below is ci-inner
+        return torch.cat([wt[:, 1 - py:1 - py + H, 1 - px:1 - px + W].reshape(co, H * W * ci)
+                          for py in range(H) for px in range(W)])
+
+    @staticmethod
+    def backward(ctx, g):
+        H, W = ctx.H, ctx.W
+        co = g.shape[0] // (H * W)
+        ci = g.shape[1] // (H * W)
+        gwt = g.new_zeros(co, 3, 3, ci)
+        blocks = g.view(H * W, co, H, W, ci)
+        for p in range(H * W):
+            py, px = divmod(p, W)
+            gwt[:, 1 - py:1 - py + H, 1 - px:1 - px + W] += blocks[p]
+        return gwt.permute(0, 3, 1, 2), None, None       # [co, ci, 3, 3] (channels-last strides)
+
+
+class SmallMapConv2d(nn.Conv2d):
+    """A 3x3 ``nn.Conv2d`` (stride 1, padding 1, no dilation or groups) that, on maps of at most
+    2x2 (the last stage of the ImageNet-style models at 32x32 input), computes the convolution
+    as one matrix product ``[B, H*W*Cin] x [H*W*Cin, H*W*Cout]`` over the channels-last input
+    (same parameters; exact, as every tap pair is in range on such a map). oneDNN's bf16
+    backward for these shapes ran at about 100 GFLOP/s here; larger maps keep the convolution."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[-2] > 2 or x.shape[-1] > 2:
+            return super().forward(x)
+        B, _, H, W = x.shape
+        y = F.linear(x.permute(0, 2, 3, 1).reshape(B, -1), _TapMatrix.apply(self.weight, H, W))  # [B, (p, co)]
+        y = y.view(B, H, W, -1)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.permute(0, 3, 1, 2)                                                       # channels-last NCHW
+
+
+def _is_small_map_3x3(m: nn.Module) -> bool:
+    return (type(m) is nn.Conv2d and m.kernel_size == (3, 3) and m.stride == (1, 1) and m.padding == (1, 1)
+            and m.dilation == (1, 1) and m.groups == 1 and m.padding_mode == "zeros")
 
 
 class _BatchNormTrain(torch.autograd.Function):
@@ -213,6 +264,8 @@ def optimize(model: nn.Module, matmul_1x1: bool = True, channels_last: bool = Tr
         for m in model.modules():
             if _is_pointwise(m):
                 m.__class__ = MatmulConv2d if isinstance(m, nn.Conv2d) else MatmulConv1d
+            elif _is_small_map_3x3(m):
+                m.__class__ = SmallMapConv2d
     for m in model.modules():
         if type(m) is nn.BatchNorm1d:
             m.__class__ = TokenBatchNorm1d

@@ -16,7 +16,8 @@ from spikeformers import kernels
 from spikeformers.cli import main
 from spikeformers.models import create_model
 from spikeformers.neurons import IF, LIF, Ternary, Triangle
-from spikeformers.speed import FastBatchNorm2d, MatmulConv1d, MatmulConv2d, TokenBatchNorm1d, bn_fire, fuse, optimize
+from spikeformers.speed import (FastBatchNorm2d, MatmulConv1d, MatmulConv2d, SmallMapConv2d, TokenBatchNorm1d, bn_fire,
+                                 fuse, optimize)
 
 needs_kernel = pytest.mark.skipif(not kernels.available(), reason=f"no fused kernel: {kernels.status()}")
 
@@ -479,3 +480,28 @@ def test_bn_fire_falls_back(monkeypatch):
         z = copy.deepcopy(bn)(y)
         assert torch.equal(bn_fire(b, neuron, y, T), neuron(z.reshape(T, -1, *z.shape[1:])))
     assert calls == []
+
+
+@pytest.mark.parametrize("hw,bias", [((2, 2), False), ((1, 1), True), ((1, 2), True), ((2, 1), False), ((3, 3), True)])
+def test_small_map_conv_equals_conv(hw, bias):
+    """SmallMapConv2d (a 3x3 conv as one matrix product on maps of at most 2x2) = nn.Conv2d:
+    output, input / weight / bias gradients; larger maps take the convolution itself."""
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(24, 16, 3, 1, 1, bias=bias)
+    m = copy.deepcopy(ref)
+    optimize(m)
+    assert type(m) is SmallMapConv2d
+    x = torch.randn(5, 24, *hw).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(5, 16, *hw)
+    outs = []
+    for layer in (ref, m):
+        xi = x.clone().requires_grad_()
+        y = layer(xi)
+        y.backward(g)
+        outs.append([y, xi.grad, layer.weight.grad] + ([layer.bias.grad] if bias else []))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert outs[1][2].shape == ref.weight.shape
+    # only 3x3 / stride 1 / padding 1 convolutions are swapped
+    other = optimize(torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, 2, 1), torch.nn.Conv2d(4, 4, 3, 1, 0)))
+    assert all(type(c) is torch.nn.Conv2d for c in other)
