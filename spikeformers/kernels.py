@@ -39,9 +39,10 @@ import torch
 
 __all__ = ["available", "status", "supports", "disabled", "lif_forward", "lif_backward",
            "ternary_forward", "ternary_backward", "batchnorm_supports", "batchnorm_forward",
-           "batchnorm_backward", "bnlif_supports", "bnlif_forward"]
+           "batchnorm_backward", "bnlif_supports", "bnlif_forward", "maxpool_supports", "maxpool_forward",
+           "maxpool_backward"]
 
-_SRCS = [Path(__file__).with_name("csrc") / f for f in ("neurons.c", "batchnorm.c")]
+_SRCS = [Path(__file__).with_name("csrc") / f for f in ("neurons.c", "batchnorm.c", "pool.c")]
 _COMMON = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp"]   # -fopenmp dropped if unsupported
 _STRICT = _COMMON + ["-ffp-contract=off", "-fno-fast-math"]   # forward: bit-identical to the loop
 _FAST = _COMMON + ["-ffast-math", "-fno-finite-math-only", "-fopenmp-simd"]  # backward: vector expf
@@ -125,22 +126,26 @@ def _declare(lib) -> None:
         getattr(lib, f"bn_backward_{suf}").argtypes = [p, p, p, p, p, p, p, p, i64, i64, i64, i64]
         getattr(lib, f"bnlif_forward_{suf}").argtypes = [p, p, p, p, p, p, p, p, i64, i64, i64, i64, f, i64, i,
                                                          f, f, f, f]
+        getattr(lib, f"maxpool_forward_{suf}").argtypes = [p, p, p] + [i64] * 8 + [i, i, i]
+        getattr(lib, f"maxpool_backward_{suf}").argtypes = [p, p, p] + [i64] * 8 + [i, i, i]
         for n in ("lif_forward", "lif_backward", "ternary_forward", "ternary_backward", "bn_forward", "bn_backward",
-                  "bnlif_forward"):
+                  "bnlif_forward", "maxpool_forward", "maxpool_backward"):
             getattr(lib, f"{n}_{suf}").restype = None
 
 
 class _Lib:
-    """The neuron, BatchNorm and fused BatchNorm + LIF forward functions from the strict build (the
-    fused kernel computes exactly the BatchNorm output of bn_forward, then the LIF forward); the
-    backward functions (no bit-exactness to keep) from the fast-math build."""
+    """The neuron, BatchNorm and fused BatchNorm + LIF forward functions and max pooling from the
+    strict build (the fused kernel computes exactly the BatchNorm output of bn_forward, then the
+    LIF forward; pooling needs its NaN test); the other backward functions (no bit-exactness to
+    keep) from the fast-math build."""
 
     def __init__(self, strict, fast):
         _declare(strict)
         _declare(fast)
         self._name, self._strict = strict._name, strict
         for suf in ("f32", "bf16"):
-            for n in ("lif_forward", "ternary_forward", "bn_forward", "bnlif_forward"):
+            for n in ("lif_forward", "ternary_forward", "bn_forward", "bnlif_forward", "maxpool_forward",
+                      "maxpool_backward"):
                 setattr(self, f"{n}_{suf}", getattr(strict, f"{n}_{suf}"))
             for n in ("lif_backward", "ternary_backward", "bn_backward"):
                 setattr(self, f"{n}_{suf}", getattr(fast, f"{n}_{suf}"))
@@ -255,21 +260,26 @@ def _dense_time_major(x: torch.Tensor) -> bool:
 
 
 def _run(fn, T: int, N: int, *args, unit: int = 256, parallel: bool | None = None) -> None:
-    """Call ``fn(..., T, N, lo, hi, ...)``: once on the whole range when the library splits it
-    across PyTorch's OpenMP threads itself, else on slices of N (multiples of ``unit``) in a
-    thread pool, in parallel for large N (or as ``parallel`` says)."""
-    global _pool
+    """Call ``fn(..., T, N, lo, hi, ...)`` over the range [0, N) (see :func:`_run_range`)."""
     head, tail = args
+    _run_range(fn, N, (*head, T, N), tail, unit=unit, parallel=N >= _PAR_MIN if parallel is None else parallel)
+
+
+def _run_range(fn, N: int, head: tuple, tail: tuple, unit: int = 1, parallel: bool = True) -> None:
+    """Call ``fn(*head, lo, hi, *tail)``: once on the whole range [0, N) when the library splits
+    it across PyTorch's OpenMP threads itself, else on slices (multiples of ``unit``) in a thread
+    pool when ``parallel``."""
+    global _pool
     nt = max(1, torch.get_num_threads())
-    if nt == 1 or _lib.openmp or not (N >= _PAR_MIN if parallel is None else parallel):
+    if nt == 1 or _lib.openmp or not parallel:
         with torch.profiler.record_function(f"spikeformers::{fn.__name__}"):  # visible to profilers
-            fn(*head, T, N, 0, N, *tail)
+            fn(*head, 0, N, *tail)
         return
     if _pool is None or _pool._max_workers < nt:
         _pool = ThreadPoolExecutor(max_workers=nt, thread_name_prefix="spikeformers-kernel")
     step = -(-N // nt)
     step = -(-step // unit) * unit  # whole blocks
-    futs = [_pool.submit(fn, *head, T, N, lo, min(N, lo + step), *tail) for lo in range(0, N, step)]
+    futs = [_pool.submit(fn, *head, lo, min(N, lo + step), *tail) for lo in range(0, N, step)]
     for f in futs:
         f.result()
 
@@ -437,6 +447,40 @@ def bnlif_forward(x: torch.Tensor, weight, bias, eps: float, neuron, T: int, kee
          (x.data_ptr(), s.data_ptr(), _ptr(hs), _ptr(w), _ptr(b), mean.data_ptr(), var.data_ptr(), rstd.data_ptr()),
          (float(eps), T, rk, tau, r, neuron.v_threshold, v0), unit=16, parallel=M * C >= _PAR_MIN and C >= 32)
     return s, hs, mean, var, rstd
+
+
+def maxpool_supports(x: torch.Tensor) -> bool:
+    """Whether the C max pooling takes ``x``: as :func:`batchnorm_supports` (a channels-last
+    CPU float32 / bfloat16 4-D tensor, kernels loaded, not under ``torch.compile``)."""
+    return batchnorm_supports(x)
+
+
+def _pool_sizes(shape, k: int, s: int, p: int) -> tuple[int, ...]:
+    N, C, H, W = shape
+    return N, H, W, C, (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+
+
+def maxpool_forward(x: torch.Tensor, k: int, s: int, p: int, keep_arg: bool):
+    """Max pooling of a channels-last ``x`` (window ``k``, stride ``s``, padding ``p``, floor mode):
+    the output (x's dtype, channels-last) and, if ``keep_arg``, each output's winning tap as uint8."""
+    N, H, W, C, Ho, Wo = _pool_sizes(x.shape, k, s, p)
+    y = torch.empty(N, C, Ho, Wo, dtype=x.dtype, memory_format=torch.channels_last)
+    arg = torch.empty(N, C, Ho, Wo, dtype=torch.uint8, memory_format=torch.channels_last) if keep_arg else None
+    _run_range(getattr(_load(), f"maxpool_forward_{_suffix(x)}"), N,
+               (x.data_ptr(), y.data_ptr(), _ptr(arg), N, H, W, C, Ho, Wo), (k, s, p),
+               parallel=N * Ho * Wo * C >= _PAR_MIN)
+    return y, arg
+
+
+def maxpool_backward(grad_y: torch.Tensor, arg: torch.Tensor, in_shape, dtype, k: int, s: int, p: int) -> torch.Tensor:
+    """Gradient of :func:`maxpool_forward` for its input (``in_shape``, ``dtype``, channels-last)."""
+    N, H, W, C, Ho, Wo = _pool_sizes(in_shape, k, s, p)
+    grad_y = grad_y.to(dtype).contiguous(memory_format=torch.channels_last)
+    gx = torch.empty(in_shape, dtype=dtype, memory_format=torch.channels_last)
+    _run_range(getattr(_load(), f"maxpool_backward_{_suffix(gx)}"), N,
+               (grad_y.data_ptr(), arg.data_ptr(), gx.data_ptr(), N, H, W, C, Ho, Wo), (k, s, p),
+               parallel=N * H * W * C >= _PAR_MIN)
+    return gx
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,8 +16,8 @@ from spikeformers import kernels
 from spikeformers.cli import main
 from spikeformers.models import create_model
 from spikeformers.neurons import IF, LIF, Ternary, Triangle
-from spikeformers.speed import (FastBatchNorm2d, MatmulConv1d, MatmulConv2d, SmallMapConv2d, TokenBatchNorm1d, bn_fire,
-                                 fuse, optimize)
+from spikeformers.speed import (FastBatchNorm2d, FastMaxPool2d, MatmulConv1d, MatmulConv2d, SmallMapConv2d,
+                                 TokenBatchNorm1d, bn_fire, fuse, optimize)
 
 needs_kernel = pytest.mark.skipif(not kernels.available(), reason=f"no fused kernel: {kernels.status()}")
 
@@ -505,3 +505,64 @@ def test_small_map_conv_equals_conv(hw, bias):
     # only 3x3 / stride 1 / padding 1 convolutions are swapped
     other = optimize(torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, 2, 1), torch.nn.Conv2d(4, 4, 3, 1, 0)))
     assert all(type(c) is torch.nn.Conv2d for c in other)
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", ["spikes", "ties", "real", "nan"])
+def test_fast_maxpool_equals_maxpool(kind):
+    """FastMaxPool2d (C kernel) = nn.MaxPool2d(3, 2, 1) in float32: the same outputs and the same
+    winner on ties (spikes: most windows hold several 1s or only 0s), hence identical gradients;
+    a NaN wins its windows as in PyTorch."""
+    from spikeformers.layers import MaxPool
+
+    torch.manual_seed(0)
+    shape = (6, 40, 9, 7)
+    x = {"spikes": (torch.rand(shape) > 0.7).float(), "ties": torch.randint(0, 3, shape).float(),
+         "real": torch.randn(shape), "nan": torch.randn(shape)}[kind]
+    if kind == "nan":
+        x[0, 3, 2, 2] = float("nan")
+    x = x.contiguous(memory_format=torch.channels_last)
+    ref, m = MaxPool(), optimize(torch.nn.Sequential(MaxPool()), channels_last=False)[0]
+    assert type(m) is FastMaxPool2d
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = ref(x1), m(x2)
+    g = torch.randn(y1.shape)
+    y1.backward(g)
+    y2.backward(g)
+    assert torch.equal(y1.nan_to_num(-7.0), y2.nan_to_num(-7.0))
+    assert y2.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(x1.grad, x2.grad)
+
+
+@needs_kernel
+def test_fast_maxpool_bf16_gradient_rounds_once():
+    """bf16: the outputs equal PyTorch's; each input gradient is the float64 sum of the output
+    gradients routed to it (the same routing as PyTorch's float32 pooling), rounded once."""
+    from spikeformers.layers import MaxPool
+
+    torch.manual_seed(1)
+    x = (torch.rand(4, 48, 10, 10) > 0.6).bfloat16().contiguous(memory_format=torch.channels_last)
+    g = torch.randn(4, 48, 5, 5).bfloat16()
+    m = optimize(torch.nn.Sequential(MaxPool()), channels_last=False)[0]
+    xi = x.clone().requires_grad_()
+    y = m(xi)
+    y.backward(g)
+    assert torch.equal(y, MaxPool()(x))
+    xd = x.double().requires_grad_()
+    MaxPool()(xd).backward(g.double())          # the routing; sums in float64
+    assert torch.equal(xi.grad, xd.grad.bfloat16())
+
+
+@needs_kernel
+def test_fast_maxpool_falls_back():
+    """Other layouts, dilation, ceil mode, return_indices: PyTorch's pooling, same results."""
+    x = torch.randn(2, 8, 7, 7)
+    for pool in (torch.nn.MaxPool2d(3, 2, 1), torch.nn.MaxPool2d(3, 2, 1, dilation=2),
+                 torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True)):
+        ref = copy.deepcopy(pool)
+        fast = optimize(torch.nn.Sequential(pool), channels_last=False)[0]
+        assert type(fast) is FastMaxPool2d
+        for xi in (x, x.contiguous(memory_format=torch.channels_last)):
+            torch.testing.assert_close(fast(xi), ref(xi), rtol=0, atol=0)
+    kept = optimize(torch.nn.Sequential(torch.nn.MaxPool2d(3, 2, 1, return_indices=True)), channels_last=False)[0]
+    assert isinstance(kept(x), tuple)

@@ -1,0 +1,86 @@
+/* Max pooling over a channels-last block (CPU), for spikeformers/kernels.py: x is [N, H, W, C]
+ * row-major, y [N, Ho, Wo, C], window k x k, stride s, zero-free padding p (padded positions never
+ * win), no dilation, floor mode. Work is split over the N images (OpenMP, parallel.h).
+ *
+ * Ties and NaN follow PyTorch's CPU kernel exactly: the window is scanned row by row, a value
+ * replaces the running maximum when it is greater or NaN, so the first maximum wins (the first
+ * valid position when all are equal, e.g. a window of zero spikes) and a NaN sticks. The forward
+ * optionally writes, per output element, the winning tap ky * k + kx as one byte (k <= 15); the
+ * backward adds each output gradient to its winner, summing an image's contributions in float
+ * and rounding once to the tensor's dtype. Built without fast-math (the NaN test must stay).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include "parallel.h"
+#include "common.h"
+
+#define POOL_FUNCS(SUF, T)                                                                        \
+void maxpool_forward_##SUF(const T *x, T *y, uint8_t *arg, int64_t N, int64_t H, int64_t W,     \
+                           int64_t C, int64_t Ho, int64_t Wo, int64_t n0, int64_t n1, int k,     \
+                           int s, int p) {                                                        \
+    SF_PAR_BEGIN(n0, n1, 1, (n1 - n0) * Ho * Wo * C >= SF_PAR_MIN)                                  \
+    float *m = malloc(C * sizeof(float));                                                         \
+    uint8_t *b = malloc(C);                                                                       \
+    for (int64_t n = n0; n < n1; n++)                                                             \
+        for (int64_t oy = 0; oy < Ho; oy++)                                                       \
+            for (int64_t ox = 0; ox < Wo; ox++) {                                                 \
+                for (int64_t j = 0; j < C; j++) { m[j] = -INFINITY; b[j] = 0; }                   \
+                int first = 1;                                                                    \
+                for (int ky = 0; ky < k; ky++) {                                                  \
+                    int64_t iy = oy * s - p + ky;                                                 \
+                    if (iy < 0 || iy >= H) continue;                                              \
+                    for (int kx = 0; kx < k; kx++) {                                              \
+                        int64_t ix = ox * s - p + kx;                                             \
+                        if (ix < 0 || ix >= W) continue;                                          \
+                        const T *row = x + ((n * H + iy) * W + ix) * C;                           \
+                        uint8_t code = (uint8_t)(ky * k + kx);                                    \
+                        if (first) {   /* PyTorch starts from the first valid position */         \
+                            for (int64_t j = 0; j < C; j++) b[j] = code;                          \
+                            first = 0;                                                            \
+                        }                                                                         \
+                        for (int64_t j = 0; j < C; j++) {                                         \
+                            float v = LOAD_##SUF(row + j);                                        \
+                            int upd = (v > m[j]) | (v != v);                                      \
+                            m[j] = upd ? v : m[j];                                                \
+                            b[j] = upd ? code : b[j];                                             \
+                        }                                                                         \
+                    }                                                                             \
+                }                                                                                 \
+                int64_t o = ((n * Ho + oy) * Wo + ox) * C;                                        \
+                for (int64_t j = 0; j < C; j++) y[o + j] = STORE_##SUF(m[j]);                     \
+                if (arg) for (int64_t j = 0; j < C; j++) arg[o + j] = b[j];                       \
+            }                                                                                     \
+    free(m); free(b);                                                                             \
+    SF_PAR_END                                                                                    \
+}                                                                                                 \
+void maxpool_backward_##SUF(const T *gy, const uint8_t *arg, T *gx, int64_t N, int64_t H,       \
+                            int64_t W, int64_t C, int64_t Ho, int64_t Wo, int64_t n0, int64_t n1, \
+                            int k, int s, int p) {                                                \
+    SF_PAR_BEGIN(n0, n1, 1, (n1 - n0) * H * W * C >= SF_PAR_MIN)                                    \
+    float *acc = malloc(H * W * C * sizeof(float));                                               \
+    for (int64_t n = n0; n < n1; n++) {                                                           \
+        for (int64_t e = 0; e < H * W * C; e++) acc[e] = 0.0f;                                    \
+        for (int64_t oy = 0; oy < Ho; oy++)                                                       \
+            for (int64_t ox = 0; ox < Wo; ox++) {                                                 \
+                int64_t o = ((n * Ho + oy) * Wo + ox) * C;                                        \
+                for (int64_t j = 0; j < C; j++) {                                                 \
+                    int code = arg[o + j];                                                        \
+                    int64_t iy = oy * s - p + code / k, ix = ox * s - p + code % k;               \
+                    acc[(iy * W + ix) * C + j] += LOAD_##SUF(gy + o + j);                         \
+                }                                                                                 \
+            }                                                                                     \
+        T *out = gx + n * H * W * C;                                                              \
+        for (int64_t e = 0; e < H * W * C; e++) out[e] = STORE_##SUF(acc[e]);                     \
+    }                                                                                             \
+    free(acc);                                                                                    \
+    SF_PAR_END                                                                                    \
+}
+
+#define LOAD_f32(q) (*(q))
+#define LOAD_bf16(q) bf2f(*(q))
+#define STORE_f32(v) (v)
+#define STORE_bf16(v) f2bf(v)
+
+POOL_FUNCS(f32, float)
+POOL_FUNCS(bf16, uint16_t)
