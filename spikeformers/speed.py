@@ -99,17 +99,31 @@ class SmallMapConv2d(nn.Conv2d):
     2x2 (the last stage of the ImageNet-style models at 32x32 input), computes the convolution
     as one matrix product ``[B, H*W*Cin] x [H*W*Cin, H*W*Cout]`` over the channels-last input
     (same parameters; exact, as every tap pair is in range on such a map). oneDNN's bf16
-    backward for these shapes ran at about 100 GFLOP/s here; larger maps keep the convolution."""
+    backward for these shapes ran at about 100 GFLOP/s here; larger maps keep the convolution.
+    Without gradients (inference) the tap matrix is built once per weight version and reused."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[-2] > 2 or x.shape[-1] > 2:
             return super().forward(x)
         B, _, H, W = x.shape
-        y = F.linear(x.permute(0, 2, 3, 1).reshape(B, -1), _TapMatrix.apply(self.weight, H, W))  # [B, (p, co)]
+        y = F.linear(x.permute(0, 2, 3, 1).reshape(B, -1), self._taps(H, W))          # [B, (p, co)]
         y = y.view(B, H, W, -1)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.permute(0, 3, 1, 2)                                                       # channels-last NCHW
+
+
+    def _taps(self, H: int, W: int) -> torch.Tensor:
+        w = self.weight
+        if torch.is_grad_enabled() and w.requires_grad:
+            return _TapMatrix.apply(w, H, W)
+        try:
+            key = (w.data_ptr(), w._version, w.dtype, H, W)   # an in-place update bumps _version
+        except RuntimeError:                                  # an inference tensor has no version
+            return _TapMatrix.apply(w.detach(), H, W)
+        if getattr(self, "_tap_key", None) != key:
+            self._tap_cache, self._tap_key = _TapMatrix.apply(w.detach(), H, W), key
+        return self._tap_cache
 
 
 def _is_small_map_3x3(m: nn.Module) -> bool:

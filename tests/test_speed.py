@@ -566,3 +566,24 @@ def test_fast_maxpool_falls_back():
             torch.testing.assert_close(fast(xi), ref(xi), rtol=0, atol=0)
     kept = optimize(torch.nn.Sequential(torch.nn.MaxPool2d(3, 2, 1, return_indices=True)), channels_last=False)[0]
     assert isinstance(kept(x), tuple)
+
+
+def test_small_map_conv_caches_taps_only_without_grad():
+    """Without gradients the tap matrix is reused until the weight changes in place."""
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(8, 6, 3, 1, 1)
+    m = optimize(copy.deepcopy(ref), channels_last=False)
+    x = torch.randn(3, 8, 2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref(x))
+        first = m._tap_cache
+        m(x)
+        assert m._tap_cache is first                 # reused
+        for layer in (m, ref):
+            layer.weight.mul_(2.0)                   # as an optimizer step does
+        torch.testing.assert_close(m(x), ref(x))     # rebuilt
+        assert m._tap_cache is not first
+    with torch.inference_mode():
+        torch.testing.assert_close(m(x), ref(x))
+    y = m(x.requires_grad_())
+    assert y.requires_grad and m.weight.grad is None
