@@ -189,7 +189,7 @@ def _load():
 
 def available() -> bool:
     """True when the compiled kernel is loaded (building it on first call)."""
-    return _load() is not None
+    return _lib is not None or _load() is not None
 
 
 def status() -> str:
@@ -248,6 +248,8 @@ def supports(x: torch.Tensor) -> bool:
 
 def _dense_time_major(x: torch.Tensor) -> bool:
     """x[t] is one dense block of x[0].numel() elements at offset t * stride(0)."""
+    if x.is_contiguous():
+        return True
     n = x[0].numel() if x.dim() > 1 else 1
     if x.shape[0] > 1 and x.stride(0) != n:
         return False
@@ -272,7 +274,10 @@ def _run_range(fn, N: int, head: tuple, tail: tuple, unit: int = 1, parallel: bo
     global _pool
     nt = max(1, torch.get_num_threads())
     if nt == 1 or _lib.openmp or not parallel:
-        with torch.profiler.record_function(f"spikeformers::{fn.__name__}"):  # visible to profilers
+        if torch.autograd.profiler._is_profiler_enabled:   # the kernels are visible to profilers
+            with torch.profiler.record_function(f"spikeformers::{fn.__name__}"):
+                fn(*head, 0, N, *tail)
+        else:
             fn(*head, 0, N, *tail)
         return
     if _pool is None or _pool._max_workers < nt:
