@@ -233,6 +233,13 @@ def _batchnorm(bn: nn.modules.batchnorm._BatchNorm, x4: torch.Tensor, fallback) 
     return y
 
 
+def _hooked(*modules: nn.Module) -> bool:
+    from torch.nn.modules import module as _m
+
+    return bool(_m._global_forward_hooks or _m._global_forward_pre_hooks
+                or any(m._forward_hooks or m._forward_pre_hooks for m in modules))
+
+
 def bn_fire(bn: nn.Module, neuron: nn.Module, y: torch.Tensor, T: int) -> torch.Tensor:
     """``neuron(bn(y))`` for the merged ``y[T*B, C, ...]``, returned time-first ``[T, B, C, ...]``.
 
@@ -240,14 +247,15 @@ def bn_fire(bn: nn.Module, neuron: nn.Module, y: torch.Tensor, T: int) -> torch.
     decay_input, on a CPU tensor the C kernels take (:func:`spikeformers.kernels.bnlif_supports`),
     both run as one fused kernel each way: the BatchNorm output is never stored and the membranes
     are recomputed in the backward instead of saved. Same statistics, running averages and spikes
-    as ``bn`` then ``neuron`` through the C kernels (``tests/test_speed.py``); else it is exactly
-    that composition."""
+    as ``bn`` then ``neuron`` through the C kernels (``tests/test_speed.py``); else (and whenever
+    either module has forward hooks, which the fused kernel would skip) it is exactly that
+    composition."""
     x4 = None
     if isinstance(bn, FastBatchNorm2d) and y.dim() == 4:
         x4 = y
     elif isinstance(bn, TokenBatchNorm1d) and y.dim() == 3 and y.stride(1) == 1 and y.shape[2] > 1:
         x4 = y.unsqueeze(-1)
-    if x4 is not None and bn.training and kernels.bnlif_supports(x4, T, neuron):
+    if x4 is not None and bn.training and not _hooked(bn, neuron) and kernels.bnlif_supports(x4, T, neuron):
         s, mean, var = _BatchNormLIF.apply(x4, bn.weight, bn.bias, bn.eps, neuron, T)
         _update_running_stats(bn, mean, var, x4.numel() // x4.shape[1])
         s = s.squeeze(-1) if x4 is not y else s

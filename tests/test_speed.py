@@ -479,7 +479,14 @@ def test_bn_fire_falls_back(monkeypatch):
         b = copy.deepcopy(bn)
         z = copy.deepcopy(bn)(y)
         assert torch.equal(bn_fire(b, neuron, y, T), neuron(z.reshape(T, -1, *z.shape[1:])))
+    seen = []   # a forward hook on the neuron (firing-rate probes use them) must still be called
+    handle = neuron.register_forward_hook(lambda m, i, o: seen.append(o))
+    out = bn_fire(copy.deepcopy(bn), neuron, y, T)
+    handle.remove()
+    assert len(seen) == 1 and torch.equal(seen[0], out)
     assert calls == []
+    bn_fire(copy.deepcopy(bn), neuron, y, T)
+    assert len(calls) == 1   # without the hook: fused
 
 
 @pytest.mark.parametrize("hw,bias", [((2, 2), False), ((1, 1), True), ((1, 2), True), ((2, 1), False), ((3, 3), True)])
