@@ -1,6 +1,7 @@
 """Microseconds per call of the C kernels (LIF / ternary forward and backward, training BatchNorm
-forward and backward) on the tensor shapes of the issue-5 models, with the achieved memory
-traffic, to see which kernel is bound by what.
+forward and backward, BatchNorm + LIF forward, max pooling) on the tensor shapes of the issue-5
+models, with the achieved memory traffic, to see which kernel is bound by what; rows marked
+``torch`` time PyTorch's own operator on the same tensor for comparison.
 
     python benchmarks/kernel_micro.py [--threads 2] [--dtype bf16|fp32] [--calls 40]
 
@@ -67,6 +68,26 @@ def main() -> None:
             ("ternary_backward", lambda: kernels.ternary_backward(tern, gy, us), 3),
             ("bn_forward", lambda: kernels.batchnorm_forward(x4, w, b, 1e-5), 3),  # x twice, y
             ("bn_backward", lambda: kernels.batchnorm_backward(gy4, x4, w, mean, rstd), 5),
+        ]
+        y4, _, _, _ = kernels.batchnorm_forward(x4, w, b, 1e-5)
+
+        def bn_then_lif():
+            y, *_ = kernels.batchnorm_forward(x4, w, b, 1e-5)
+            kernels.lif_forward(lif, y.view(shape), True)
+
+        def pool_fb(fast):
+            xs = (x4 > 0).to(dt).requires_grad_()
+            if fast:
+                y, arg = kernels.maxpool_forward(xs, 3, 2, 1, True)
+                kernels.maxpool_backward(torch.ones_like(y), arg, xs.shape, xs.dtype, 3, 2, 1)
+            else:
+                torch.nn.functional.max_pool2d(xs, 3, 2, 1).backward(torch.ones(y4.shape[0], shape[2], *(
+                    (s + 1) // 2 for s in shape[3:])).to(dt).contiguous(memory_format=torch.channels_last))
+        rows += [
+            ("bn+lif_forward", bn_then_lif, 6),
+            ("bnlif_forward", lambda: kernels.bnlif_forward(x4, w, b, 1e-5, lif, shape[0], keep_h=True), 4),
+            ("maxpool_fwd+bwd", lambda: pool_fb(True), 2),
+            ("torch maxpool f+b", lambda: pool_fb(False), 2),
         ]
         for name, fn, passes in rows:
             us_ = median_us(fn, a.calls)
