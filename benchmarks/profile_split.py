@@ -10,7 +10,9 @@ batched products ``bmm`` (Q K^T V and friends); ``neurons`` = the fused neuron k
 nodes and, at inference, its ``spikeformers::*`` calls (or the elementwise ops of the plain loop,
 counted under ``elementwise``); ``batchnorm`` (PyTorch's and the C kernel's); the self time of an
 autograd node that wraps a C kernel is the kernel's time;
-``copies`` (layout changes, dtype casts); ``other``.
+``bn+lif`` the fused BatchNorm + LIF forward (``speed.bn_fire``; its backward runs the LIF and
+BatchNorm backward kernels, counted under those); ``copies`` (layout changes, dtype casts);
+``pooling``; ``other`` (``--top`` lists the operators behind every category).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import torch.nn.functional as F
 from torch.profiler import profile
 
 CATS = [
-    ("conv", ("mkldnn_convolution", "convolution_backward", "aten::mm", "aten::addmm", "aten::_convolution")),
+    ("conv", ("mkldnn_convolution", "convolution_backward", "aten::mm", "aten::addmm", "aten::_convolution",
+              "_TapMatrix")),
+    ("bn+lif", ("_BatchNormLIF", "spikeformers::bnlif")),
     ("attention", ("aten::bmm", "aten::baddbmm")),
     ("neurons", ("_FusedLIF", "_FusedTernary", "_HeavisideBackward", "_Heaviside", "spikeformers::lif",
                  "spikeformers::ternary")),
@@ -31,7 +35,7 @@ CATS = [
     ("copies", ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous")),
     ("elementwise", ("aten::mul", "aten::add", "aten::sub", "aten::div", "aten::ge", "aten::lt", "aten::sigmoid",
                      "aten::where", "aten::abs", "aten::sum", "aten::mean", "aten::fill_")),
-    ("pooling", ("max_pool",)),
+    ("pooling", ("max_pool", "_MaxPool", "spikeformers::maxpool")),
 ]
 
 
