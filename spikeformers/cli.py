@@ -126,7 +126,8 @@ def train(config_file, set_items, threads, **opts):
 @click.option("--data-dir", default=None)
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "json_out", default=None, help="also write the metrics to this JSON file")
-def eval_cmd(checkpoint, data, data_dir, batch_size, json_out):
+@click.option("--tta-flip", is_flag=True, help="average the logits of each image and its horizontal mirror")
+def eval_cmd(checkpoint, data, data_dir, batch_size, json_out, tta_flip):
     """Evaluate a checkpoint on the test set."""
     from .checkpoint import load_checkpoint
     from .train import TrainConfig, build_data, evaluate
@@ -136,12 +137,12 @@ def eval_cmd(checkpoint, data, data_dir, batch_size, json_out):
         raise ValueError(f"checkpoint model {meta.get('model')} expects [B,{model.in_chans},{model.img_size},"
                          f"{model.img_size}] with {model.num_classes} classes; {data} has [B,{info['in_chans']},"
                          f"{info['img_size']},{info['img_size']}] with {info['num_classes']} classes")
-    m = evaluate(model, test, desc="eval")
-    click.echo(f"{meta.get('model')} on {data} test ({m['n']} images): accuracy {m['acc']:.2f} %, "
-               f"loss {m['loss']:.4f}, {m['img_s']:.0f} img/s")
+    m = evaluate(model, test, desc="eval", tta_flip=tta_flip)
+    click.echo(f"{meta.get('model')} on {data} test ({m['n']} images{', flip TTA' if tta_flip else ''}): "
+               f"accuracy {m['acc']:.2f} %, loss {m['loss']:.4f}, {m['img_s']:.0f} img/s")
     if json_out:
         with open(json_out, "w") as f:
-            json.dump({"model": meta.get("model"), "data": data, **m}, f, indent=2)
+            json.dump({"model": meta.get("model"), "data": data, "tta_flip": tta_flip, **m}, f, indent=2)
 
 
 @main.command()

@@ -232,22 +232,30 @@ def lr_at(step: int, total: int, warmup: int, base: float, min_lr: float) -> flo
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, desc: str = "eval", progress: bool = True) -> dict:
-    """Mean cross-entropy and top-1 accuracy (%) of ``model`` over ``loader``."""
+def evaluate(model: torch.nn.Module, loader, desc: str = "eval", progress: bool = True,
+             tta_flip: bool = False) -> dict:
+    """Mean cross-entropy and top-1 accuracy (%) of ``model`` over ``loader``. ``tta_flip``
+    averages the logits of each image and its horizontal mirror (test-time augmentation; twice
+    the cost; never used during training)."""
     model.eval()
     n, loss_sum, correct, t0 = 0, 0.0, 0, time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
     device = next(model.parameters()).device
     for x, y in bar:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x)
-        if logits.ndim == 3:  # TET models return per-time-step logits [T, B, K]
-            logits = logits.mean(0)
+        logits = _logits(model, x)
+        if tta_flip:
+            logits = (logits + _logits(model, x.flip(-1))) / 2
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(-1) == y).sum().item()
         n += len(y)
     return {"loss": loss_sum / max(n, 1), "acc": 100.0 * correct / max(n, 1),
             "img_s": n / max(time.perf_counter() - t0, 1e-9), "n": n}
+
+
+def _logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    logits = model(x)
+    return logits.mean(0) if logits.ndim == 3 else logits   # TET models: per-time-step [T, B, K]
 
 
 def _check_logits(logits: torch.Tensor, y: torch.Tensor, step: int, lr: float, loss: torch.Tensor) -> None:

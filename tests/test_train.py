@@ -146,6 +146,10 @@ def test_cli_models_train_eval(fake_fmnist, tmp_path, monkeypatch):
                                   "--json", str(tmp_path / "e.json")])
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "e.json").read_text())["n"] == 128
+    r = CliRunner().invoke(main, ["eval", "--checkpoint", str(out / "best.safetensors"), "--data-dir", str(fake_fmnist),
+                                  "--tta-flip", "--json", str(tmp_path / "t.json")])
+    assert r.exit_code == 0 and "flip TTA" in r.output, r.output
+    assert json.loads((tmp_path / "t.json").read_text())["tta_flip"] is True
     r = CliRunner().invoke(main, ["eval", "--checkpoint", str(tmp_path / "missing.safetensors")])
     assert r.exit_code != 0 and "does not exist" in r.output
     r = CliRunner().invoke(main, ["train", "--model", "nope", "--data-dir", str(fake_fmnist)])
@@ -165,3 +169,29 @@ def test_precision_auto_follows_native_bf16(monkeypatch):
     assert TrainConfig().precision == "auto"
     with pytest.raises(ValueError, match="precision must be 'auto', 'fp32' or 'bf16'"):
         _check_config(TrainConfig(precision="fp16"))
+
+
+def test_evaluate_flip_tta_averages_mirrored_logits():
+    """tta_flip scores each image by the mean of its logits and its mirror's: a model that only
+    sees the left half of the image, fed images whose class is written in one half."""
+    from spikeformers.train import evaluate
+
+    class LeftHalf(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):                 # logit k = mean of column block k of the left half
+            left = x[..., : x.shape[-1] // 2]
+            return torch.stack([left[..., :2].mean((1, 2, 3)), left[..., 2:].mean((1, 2, 3))], -1)
+
+    x = torch.zeros(4, 1, 2, 8)
+    x[0, ..., 0:2] = 1.0    # class 0 seen directly
+    x[1, ..., 6:8] = 1.0    # class 0 only after mirroring: logits (0, 0) -> (0.5, 0) with TTA
+    x[2, ..., 2:4] = 1.0    # class 1 seen directly
+    x[3, ..., 4:6] = 1.0    # class 1 only after mirroring
+    y = torch.tensor([0, 0, 1, 1])
+    plain = evaluate(LeftHalf(), [(x, y)], progress=False)
+    tta = evaluate(LeftHalf(), [(x, y)], progress=False, tta_flip=True)
+    assert plain["acc"] == 75.0     # image 3 scores (0, 0): argmax picks class 0, wrong
+    assert tta["acc"] == 100.0
