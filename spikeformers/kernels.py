@@ -1,8 +1,10 @@
-"""Fused multi-step neuron kernels and a training BatchNorm (CPU), built at run time, with a fallback.
+"""Fused multi-step neuron kernels, a training BatchNorm and max pooling (CPU), built at run time,
+with a fallback.
 
 ``csrc/neurons.c`` holds the forward and the hand-written backward of LIF / IF and of the ternary
 neuron for float32 and bfloat16 tensors laid out ``[T, N]``; ``csrc/batchnorm.c`` the training
-BatchNorm over a channels-last ``[rows, C]`` block. On first use they are compiled with the
+BatchNorm over a channels-last ``[rows, C]`` block and its forward fused with a LIF;
+``csrc/pool.c`` channels-last max pooling. On first use they are compiled with the
 system C compiler (``$CC``, else ``cc`` / ``gcc`` / ``clang``) with ``-fopenmp`` into
 ``$SPIKEFORMERS_CACHE`` (default ``~/.cache/spikeformers/kernels``), keyed by a hash of the sources,
 the compiler and the flags, and loaded with :mod:`ctypes` (which releases the GIL). The C code
@@ -390,6 +392,11 @@ def batchnorm_supports(x: torch.Tensor) -> bool:
     return x.permute(0, 2, 3, 1).is_contiguous() and available()
 
 
+def _bn_parallel(M: int, C: int) -> bool:
+    """The BatchNorm kernels' own condition (SF_PAR_BEGIN in batchnorm.c) for splitting channels."""
+    return M * C >= _PAR_MIN and C >= 32
+
+
 def _f32(t: torch.Tensor | None):
     return None if t is None else t.detach().float().contiguous()
 
@@ -404,7 +411,7 @@ def batchnorm_forward(x: torch.Tensor, weight, bias, eps: float):
     w, b = _f32(weight), _f32(bias)
     _run(getattr(_load(), f"bn_forward_{_suffix(x)}"), M, C,
          (x.data_ptr(), y.data_ptr(), _ptr(w), _ptr(b), mean.data_ptr(), var.data_ptr(), rstd.data_ptr()),
-         (float(eps),), unit=16, parallel=M * C >= _PAR_MIN and C >= 32)
+         (float(eps),), unit=16, parallel=_bn_parallel(M, C))
     return y, mean, var, rstd
 
 
@@ -419,7 +426,7 @@ def batchnorm_backward(grad_y: torch.Tensor, x: torch.Tensor, weight, mean, rstd
     _run(getattr(_load(), f"bn_backward_{_suffix(x)}"), M, C,
          (grad_y.data_ptr(), x.data_ptr(), gx.data_ptr(), _ptr(w),
           mean.data_ptr(), rstd.data_ptr(), gw.data_ptr(), gb.data_ptr()),
-         (), unit=16, parallel=M * C >= _PAR_MIN and C >= 32)
+         (), unit=16, parallel=_bn_parallel(M, C))
     return gx, gw, gb
 
 
@@ -450,7 +457,7 @@ def bnlif_forward(x: torch.Tensor, weight, bias, eps: float, neuron, T: int, kee
     w, b = _f32(weight), _f32(bias)
     _run(getattr(_load(), f"bnlif_forward_{_suffix(x)}"), M, C,
          (x.data_ptr(), s.data_ptr(), _ptr(hs), _ptr(w), _ptr(b), mean.data_ptr(), var.data_ptr(), rstd.data_ptr()),
-         (float(eps), T, rk, tau, r, neuron.v_threshold, v0), unit=16, parallel=M * C >= _PAR_MIN and C >= 32)
+         (float(eps), T, rk, tau, r, neuron.v_threshold, v0), unit=16, parallel=_bn_parallel(M, C))
     return s, hs, mean, var, rstd
 
 

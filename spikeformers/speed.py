@@ -36,11 +36,12 @@ import sys
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _module
 
 from . import kernels
 
-__all__ = ["MatmulConv1d", "MatmulConv2d", "SmallMapConv2d", "FastMaxPool2d", "FastBatchNorm2d", "TokenBatchNorm1d", "bn_fire",
-           "keep_freed_memory", "optimize", "fuse", "unfused_batchnorms"]
+__all__ = ["MatmulConv1d", "MatmulConv2d", "SmallMapConv2d", "FastMaxPool2d", "FastBatchNorm2d", "TokenBatchNorm1d",
+           "bn_fire", "keep_freed_memory", "optimize", "fuse", "unfused_batchnorms"]
 
 
 class MatmulConv2d(nn.Conv2d):
@@ -112,7 +113,6 @@ class SmallMapConv2d(nn.Conv2d):
             y = y + self.bias.to(y.dtype)
         return y.permute(0, 3, 1, 2)                                                       # channels-last NCHW
 
-
     def _taps(self, H: int, W: int) -> torch.Tensor:
         w = self.weight
         if torch.is_grad_enabled() and w.requires_grad:
@@ -158,8 +158,7 @@ class FastMaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` (square window, no dilation, floor mode) that on a channels-last CPU
     float32 / bfloat16 tensor runs the C kernel of ``csrc/pool.c``: the same values and the same
     winner on ties (the first maximum, as PyTorch's kernel), the backward from one byte per
-    output. PyTorch's channels-last bf16 pooling took 1.1 ms forward and 3.6 ms forward +
-    backward on sdt_8_384's first stem map here (``benchmarks/kernel_micro.py`` times ours)."""
+    output (``benchmarks/kernel_micro.py`` times both on the issue-5 shapes)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, s, p = _single(self.kernel_size), _single(self.stride), _single(self.padding)
@@ -183,9 +182,14 @@ class _BatchNormTrain(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy, _gm, _gv):
         x, weight, mean, rstd = ctx.saved_tensors
-        gx, gw, gb = kernels.batchnorm_backward(gy, x, weight, mean, rstd)
-        return (gx, gw.to(weight.dtype) if weight is not None else None,
-                gb.to(weight.dtype) if ctx.needs_input_grad[2] else None, None)
+        return *_batchnorm_grads(ctx, gy, x, weight, mean, rstd), None
+
+
+def _batchnorm_grads(ctx, gy, x, weight, mean, rstd) -> tuple:
+    """(x, weight, bias) gradients of a BatchNorm autograd Function whose inputs start x, weight, bias."""
+    gx, gw, gb = kernels.batchnorm_backward(gy, x, weight, mean, rstd)
+    return (gx, gw.to(weight.dtype) if weight is not None else None,
+            gb.to(weight.dtype) if ctx.needs_input_grad[2] else None)
 
 
 class _BatchNormLIF(torch.autograd.Function):
@@ -208,9 +212,7 @@ class _BatchNormLIF(torch.autograd.Function):
         n, T = ctx.neuron, ctx.T
         a, b = n.charge_coeffs()
         gy = kernels.lif_backward(n, gs.reshape(T, -1, *gs.shape[1:]), hs.reshape(T, -1, *hs.shape[1:]), a, b)
-        gx, gw, gb = kernels.batchnorm_backward(gy.flatten(0, 1), x, weight, mean, rstd)
-        return (gx, gw.to(weight.dtype) if weight is not None else None,
-                gb.to(weight.dtype) if ctx.needs_input_grad[2] else None, None, None, None)
+        return *_batchnorm_grads(ctx, gy.flatten(0, 1), x, weight, mean, rstd), None, None, None
 
 
 def _update_running_stats(bn: nn.modules.batchnorm._BatchNorm, mean, var, n: int) -> None:
@@ -234,9 +236,7 @@ def _batchnorm(bn: nn.modules.batchnorm._BatchNorm, x4: torch.Tensor, fallback) 
 
 
 def _hooked(*modules: nn.Module) -> bool:
-    from torch.nn.modules import module as _m
-
-    return bool(_m._global_forward_hooks or _m._global_forward_pre_hooks
+    return bool(_module._global_forward_hooks or _module._global_forward_pre_hooks
                 or any(m._forward_hooks or m._forward_pre_hooks for m in modules))
 
 
@@ -245,8 +245,8 @@ def bn_fire(bn: nn.Module, neuron: nn.Module, y: torch.Tensor, T: int) -> torch.
 
     When ``bn`` is one of :func:`optimize`'s BatchNorms in training and ``neuron`` a LIF with
     decay_input, on a CPU tensor the C kernels take (:func:`spikeformers.kernels.bnlif_supports`),
-    both run as one fused kernel each way: the BatchNorm output is never stored and the membranes
-    are recomputed in the backward instead of saved. Same statistics, running averages and spikes
+    the forward of both is one C kernel that never stores the BatchNorm output; the backward is the
+    LIF kernel then the BatchNorm kernel. Same spikes, gradients, statistics and running averages
     as ``bn`` then ``neuron`` through the C kernels (``tests/test_speed.py``); else (and whenever
     either module has forward hooks, which the fused kernel would skip) it is exactly that
     composition."""

@@ -36,10 +36,6 @@
 #include "common.h"
 #include "lif.h"
 
-#define LOAD_f32(p) (p)
-#define LOAD_bf16(p) bf2f(p)
-#define STORE_f32(v) (v)
-#define STORE_bf16(v) f2bf(v)
 #define ROUND_f32(v) (v)
 #define ROUND_bf16(v) bf2f(f2bf(v))
 

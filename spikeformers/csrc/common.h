@@ -15,5 +15,10 @@ static inline float f32_load(const float *p) { return *p; }
 static inline void f32_store(float *p, float v) { *p = v; }
 static inline float bf16_load(const uint16_t *p) { return bf2f(*p); }
 static inline void bf16_store(uint16_t *p, float v) { *p = f2bf(v); }
+/* value forms, for kernels generated per type suffix (SUF = f32 | bf16) */
+#define LOAD_f32(v) (v)
+#define LOAD_bf16(v) bf2f(v)
+#define STORE_f32(v) (v)
+#define STORE_bf16(v) f2bf(v)
 
 #endif

@@ -40,7 +40,7 @@ void maxpool_forward_##SUF(const T *x, T *y, uint8_t *arg, int64_t N, int64_t H,
                             first = 0;                                                            \
                         }                                                                         \
                         for (int64_t j = 0; j < C; j++) {                                         \
-                            float v = LOAD_##SUF(row + j);                                        \
+                            float v = LOAD_##SUF(row[j]);                                          \
                             int upd = (v > m[j]) | (v != v);                                      \
                             m[j] = upd ? v : m[j];                                                \
                             b[j] = upd ? code : b[j];                                             \
@@ -67,7 +67,7 @@ void maxpool_backward_##SUF(const T *gy, const uint8_t *arg, T *gx, int64_t N, i
                 for (int64_t j = 0; j < C; j++) {                                                 \
                     int code = arg[o + j];                                                        \
                     int64_t iy = oy * s - p + code / k, ix = ox * s - p + code % k;               \
-                    acc[(iy * W + ix) * C + j] += LOAD_##SUF(gy + o + j);                         \
+                    acc[(iy * W + ix) * C + j] += LOAD_##SUF(gy[o + j]);                          \
                 }                                                                                 \
             }                                                                                     \
         T *out = gx + n * H * W * C;                                                              \
@@ -76,11 +76,6 @@ void maxpool_backward_##SUF(const T *gy, const uint8_t *arg, T *gx, int64_t N, i
     free(acc);                                                                                    \
     SF_PAR_END                                                                                    \
 }
-
-#define LOAD_f32(q) (*(q))
-#define LOAD_bf16(q) bf2f(*(q))
-#define STORE_f32(v) (v)
-#define STORE_bf16(v) f2bf(v)
 
 POOL_FUNCS(f32, float)
 POOL_FUNCS(bf16, uint16_t)

@@ -14,7 +14,7 @@ from typing import Callable
 
 from .common import DatasetInfo, DatasetNotFoundError
 from .fashion_mnist import DatasetError, download_fashion_mnist, find_fashion_mnist, load_fashion_mnist
-from .loader import InMemoryLoader, random_crop_flip, random_erase
+from .loader import InMemoryLoader, check_erasing, random_crop_flip, random_erase
 
 __all__ = ["build_dataset", "build_datasets", "list_datasets", "register_dataset", "DatasetInfo",
            "DatasetNotFoundError", "build_train_eval_transforms",
@@ -127,13 +127,11 @@ class _FashionMNIST:
 
     def __init__(self, data_dir, train: bool, transform=None, padding: int = 2, flip: bool = True,
                  erasing: float = 0.0, erasing_mode: str = "const"):
-        import torch
-
         from . import fashion_mnist as fm
 
         self.images, self.labels = load_fashion_mnist("train" if train else "test", data_dir)
         self.train, self.padding, self.flip, self.transform = train, padding, flip, transform
-        random_erase(torch.zeros(1, 1, 2, 2), erasing, torch.Generator(), erasing_mode)  # checks the arguments
+        check_erasing(erasing, erasing_mode)
         self.erasing, self.erasing_mode = erasing, erasing_mode
         self.mean, self.std = fm.MEAN, fm.STD
         self.info = DatasetInfo("fashion-mnist", num_classes=10, in_chans=1, img_size=28, classes=fm.CLASSES,

@@ -26,6 +26,14 @@ def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch
     return x.contiguous()
 
 
+def check_erasing(p: float, mode: str) -> None:
+    """Raise a ValueError unless ``p`` is a probability and ``mode`` one of :func:`random_erase`'s."""
+    if mode not in ("const", "rand", "pixel"):
+        raise ValueError(f"random erasing mode must be const, rand or pixel, got {mode!r}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"random erasing probability must be in [0, 1], got {p}")
+
+
 def random_erase(x: torch.Tensor, p: float, generator: torch.Generator, mode: str = "const",
                  min_area: float = 0.02, max_area: float = 1 / 3, min_aspect: float = 0.3,
                  attempts: int = 10) -> torch.Tensor:
@@ -35,10 +43,7 @@ def random_erase(x: torch.Tensor, p: float, generator: torch.Generator, mode: st
     filled with 0 (``mode="const"``: the dataset mean after normalisation), one normal value per
     channel (``"rand"``) or per pixel (``"pixel"``). Of ``attempts`` draws per image the first that
     fits inside the image is used; an image none of whose draws fits is left as it is."""
-    if mode not in ("const", "rand", "pixel"):
-        raise ValueError(f"random erasing mode must be const, rand or pixel, got {mode!r}")
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"random erasing probability must be in [0, 1], got {p}")
+    check_erasing(p, mode)
     B, C, H, W = x.shape
     if p == 0 or B == 0:
         return x
@@ -81,7 +86,7 @@ class InMemoryLoader:
         self.batch_size, self.mean, self.std = batch_size, mean, std
         self.train, self.padding, self.flip, self.seed = train, padding, flip, seed
         self.drop_last = drop_last
-        random_erase(torch.zeros(1, 1, 2, 2), erasing, torch.Generator(), erasing_mode)  # checks the arguments
+        check_erasing(erasing, erasing_mode)
         self.erasing, self.erasing_mode = erasing, erasing_mode
         self.epoch = 0
 

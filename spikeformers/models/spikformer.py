@@ -79,6 +79,14 @@ def _heads(s: torch.Tensor, h: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- CIFAR file: tokens [T, B, N, D]
+def _linear_bn_fire(m: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    """``{name}_lif(BN1d({name}_linear(x)))`` on tokens ``x[T, B, N, D]`` -> spikes ``[T, B, N, D']``;
+    BN1d normalises the channels of the transposed token matrix (speed.bn_fire may fuse it)."""
+    y = getattr(m, f"{name}_linear")(x.flatten(0, 1))                                   # [TB, N, D']
+    s = bn_fire(getattr(m, f"{name}_bn"), getattr(m, f"{name}_lif"), y.transpose(-1, -2), x.shape[0])
+    return s.transpose(-1, -2).contiguous()                                             # [T, B, N, D']
+
+
 class LinearSSA(nn.Module):
     """SSA of the CIFAR file: ``nn.Linear`` projections with bias, BN1d over channels."""
 
@@ -92,10 +100,7 @@ class LinearSSA(nn.Module):
         self.attn_lif = lif(v_threshold=0.5)
 
     def _branch(self, n: str, x: torch.Tensor) -> torch.Tensor:
-        T, B, N, D = x.shape
-        y = getattr(self, f"{n}_linear")(x.flatten(0, 1))                                  # [TB, N, D]
-        s = bn_fire(getattr(self, f"{n}_bn"), getattr(self, f"{n}_lif"), y.transpose(-1, -2), T)  # [T,B,D,N]
-        return s.transpose(-1, -2).contiguous()
+        return _linear_bn_fire(self, n, x)
 
     def forward(self, x):  # [T, B, N, D]
         T, B, N, D = x.shape
@@ -114,11 +119,8 @@ class LinearMLP(nn.Module):
         self.fc2_linear, self.fc2_bn, self.fc2_lif = nn.Linear(hidden, dim), nn.BatchNorm1d(dim), lif()
 
     def forward(self, x):  # [T, B, N, D]
-        T, B, N, _ = x.shape
         for i in (1, 2):
-            y = getattr(self, f"fc{i}_linear")(x.flatten(0, 1))                           # [TB, N, D']
-            x = bn_fire(getattr(self, f"fc{i}_bn"), getattr(self, f"fc{i}_lif"), y.transpose(-1, -2), T)
-            x = x.transpose(-1, -2).contiguous()                                          # [T, B, N, D']
+            x = _linear_bn_fire(self, f"fc{i}", x)
         return x
 
 
