@@ -100,7 +100,8 @@ class SmallMapConv2d(nn.Conv2d):
     2x2 (the last stage of the ImageNet-style models at 32x32 input), computes the convolution
     as one matrix product ``[B, H*W*Cin] x [H*W*Cin, H*W*Cout]`` over the channels-last input
     (same parameters; exact, as every tap pair is in range on such a map). oneDNN's bf16
-    backward for these shapes ran at about 100 GFLOP/s here; larger maps keep the convolution.
+    backward for these shapes ran at about 50 GFLOP/s of useful work here (README, "Performance");
+    larger maps keep the convolution.
     Without gradients (inference) the tap matrix is built once per weight version and reused."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
