@@ -86,6 +86,8 @@ def load_config_file(path) -> dict:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", default=None, help="folder for checkpoints and logs [default: runs/MODEL]")
 @click.option("--resume", is_flag=True, help="continue a killed run from OUT/last.safetensors")
+@click.option("--init-from", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="start from this checkpoint's weights (same model; fresh optimizer and schedule)")
 @click.option("--max-steps", default=None, type=click.IntRange(min=1), help="stop after N optimizer steps")
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="torch CPU threads (default: all cores)")
 @click.option("--model-kwargs", default=None, help='JSON of extra model kwargs, e.g. \'{"embed_dim": 256}\'')
@@ -101,7 +103,7 @@ def train(config_file, set_items, threads, **opts):
     if threads:
         torch.set_num_threads(threads)
     ctx = click.get_current_context()
-    d = {k: v for k, v in opts.items() if v is not None or k in ("out", "T", "max_steps", "data_dir")}
+    d = {k: v for k, v in opts.items() if v is not None or k in ("out", "T", "max_steps", "data_dir", "init_from")}
     if config_file:
         d.update(load_config_file(config_file))
     for k, v in opts.items():

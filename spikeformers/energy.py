@@ -53,7 +53,8 @@ Accountings (E_MAC = 4.6 pJ, E_AC = 0.9 pJ, 45 nm)
 ---------------------------------------------------
 ``paper``
     The accounting of the model's own paper, chosen by ``model.family`` (:data:`PAPER_RULES`).
-    Common formula (Spikformer, SDT, QKFormer, A²OS²A): the first layer (first conv/linear executed)
+    Common formula (Spikformer, SDT, QKFormer, A²OS²A): the first layer (first conv/linear executed,
+    and any other conv/linear reading the analog input directly, such as the IPSPS stem's shortcut)
     is MAC, counted once per image when its input is the same at every time step (a static image
     repeated T times: ``E_MAC x FL1``, as the papers write it) and at every step otherwise;
     every other product is AC with ``SOP = rate x FLOPs``, whatever the operand domains (so
@@ -80,7 +81,8 @@ The addition-only audit
 -----------------------
 :func:`audit` lists every product whose two operands are both non-spike: a conv/linear whose input
 is integer or real (its weight is real), or a product of two non-spike activations; apart from the
-first layer (the analog image encoding) and the classifier (the last conv/linear executed), and
+first layer (the analog image encoding: every conv/linear whose input is the model input itself, or
+a view, copy or cast of it) and the classifier (the last conv/linear executed), and
 ``scale`` ops. Integer operands are reported as ``integer``, never as binary.
 """
 
@@ -184,6 +186,7 @@ class OpRecord:
     operands: list = field(default_factory=list)   # OperandStats per activation operand
     operand_shapes: list = field(default_factory=list)  # their shapes in the first batch
     time_repeated: bool | None = None              # input equal at every time step (conv/linear only)
+    reads_input: bool = False                      # a conv/linear on the analog model input itself
 
     @property
     def domains(self) -> list[str]:
@@ -281,12 +284,22 @@ class _Mode(TorchDispatchMode):
         flat_in, _ = tree_flatten((args, kwargs))
         active = any(isinstance(a, torch.Tensor) and rec._is_act(a) for a in flat_in)
         if active:
+            acts = [a for a in flat_in if isinstance(a, torch.Tensor) and rec._is_act(a)]
+            # the analog input stays "the input" through views, copies and casts, not through a product
+            from_input = not _is_product(func) and all(rec._is_input(a) for a in acts)
             for o in tree_flatten(out)[0]:
                 if isinstance(o, torch.Tensor):
                     rec._mark(o)
+                    if from_input:
+                        rec._mark(o, rec._inputs)
             if not rec._in_neuron():
                 rec._on_op(func, args, kwargs, out)
         return out
+
+
+def _is_product(func) -> bool:
+    return (func is aten.convolution.default or func in _MM or func in _MUL or func is aten.addcmul.default
+            or any(s in str(func) for s in _SDPA_NAMES))
 
 
 class EnergyRecorder:
@@ -313,6 +326,7 @@ class EnergyRecorder:
         self.images = 0
         # id(tensor) -> weakref: a WeakSet would compare tensors with `==` (elementwise) on lookups
         self._acts: dict[int, weakref.ref] = {}
+        self._inputs: dict[int, weakref.ref] = {}  # the model input and its views/copies (analog image)
         self._stack: list[str] = []
         self._neuron_depth = 0
         self._ordinals: dict[tuple, int] = {}
@@ -329,19 +343,23 @@ class EnergyRecorder:
         r = self._acts.get(id(t))
         return r is not None and r() is t
 
-    def _mark(self, t: torch.Tensor) -> None:
+    def _is_input(self, t: torch.Tensor) -> bool:
+        r = self._inputs.get(id(t))
+        return r is not None and r() is t
+
+    def _mark(self, t: torch.Tensor, into: dict | None = None) -> None:
+        acts = self._acts if into is None else into
         key = id(t)
-        r = self._acts.get(key)
+        r = acts.get(key)
         if r is not None and r() is t:
             return
-        acts = self._acts
 
         def forget(ref, key=key, acts=acts):
             if acts.get(key) is ref:
                 del acts[key]
 
         try:
-            self._acts[key] = weakref.ref(t, forget)
+            acts[key] = weakref.ref(t, forget)
         except TypeError:
             pass
 
@@ -381,6 +399,7 @@ class EnergyRecorder:
                         raise TypeError("EnergyRecorder: the model was called without a tensor input")
                     for a in xs:
                         self._mark(a)
+                        self._mark(a, self._inputs)
                     self._batch_B = int(xs[0].shape[0])
                     self.images += self._batch_B
                     self._ordinals.clear()
@@ -511,6 +530,7 @@ class EnergyRecorder:
             for r, s in zip(rec.operands, stats):
                 r.merge(s)
         if op in ("conv", "linear"):
+            rec.reads_input = rec.reads_input or self._is_input(operands[0])
             rep = self._time_repeated(operands[0])
             rec.time_repeated = rep if rec.time_repeated is None else (rec.time_repeated and rep)
         if self.capture and op in ("matmul", "mul", "sdpa") and module.rsplit(".", 1)[-1] == "attn":
@@ -569,7 +589,7 @@ class EnergyReport:
         return next((r for r in reversed(self.ops) if r.op in ("conv", "linear")), None)
 
     def role(self, r: OpRecord) -> str:
-        if r is self.first_layer:
+        if r is self.first_layer or r.reads_input:  # encoding layers: they see the analog image
             return "first"
         if r is self.classifier:
             return "classifier"

@@ -61,6 +61,7 @@ class TrainConfig:
     seed: int = 0
     out: str = "runs/a2os2a_fmnist"
     resume: bool = False
+    init_from: str | None = None  # start from these weights (a checkpoint of the same model), fresh optimizer and schedule
     max_steps: int | None = None  # stop after this many optimizer steps (smoke runs)
     eval_images: int | None = None  # evaluate on the first N test images only (quick comparisons)
     model_kwargs: dict = field(default_factory=dict)
@@ -282,6 +283,17 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
+def init_weights(model: torch.nn.Module, path: str, name: str) -> None:
+    """Load the weights of checkpoint ``path`` into ``model`` (registered as ``name``) for a new run
+    (fine-tuning, a warm restart); clear errors if it holds another model or other shapes."""
+    state, meta = read_checkpoint(path)
+    held = (meta.get("config") or {}).get("name", meta.get("model"))
+    if held != name:
+        raise TrainingError(f"--init-from {path} holds model {held!r}, this run trains {name!r}; "
+                            "expected a checkpoint of the same model")
+    load_weights(model, state, source=str(path))
+
+
 def fit(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train ``cfg.model`` on ``cfg.data``; returns the final metrics. Writes into ``cfg.out``:
     ``metrics.jsonl``, ``last.safetensors`` / ``best.safetensors`` (+ ``.json`` sidecars) and
@@ -343,6 +355,11 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
             print(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs} (step {step}, best {best_acc:.2f} %)")
     elif cfg.resume and progress:
         print(f"--resume: no checkpoint in {out} yet, starting from scratch")
+    if cfg.init_from and start_epoch == 0:
+        init_weights(model, cfg.init_from, cfg.model)
+        model.to(ctx.device)
+        if progress:
+            print(f"weights from {cfg.init_from}; optimizer and schedule start afresh")
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")

@@ -218,6 +218,33 @@ def test_a2os2a_is_addition_only():
     assert all(r.rate > 0 for r in mats)
 
 
+class TwoReaders(nn.Module):
+    """Two convs read the analog image (the second through a view and a cast, as IPSPS's shortcut
+    does); a third conv reads a real activation that is not the input."""
+    T = 1
+    family = None
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 2, 3, padding=1, bias=False)
+        self.b = nn.Conv2d(1, 2, 3, padding=1, bias=False)
+        self.c = nn.Conv2d(2, 2, 1, bias=False)
+        self.fc = nn.Linear(32, 3)
+
+    def forward(self, x):
+        u = self.a(x)
+        v = self.b(x.reshape(1, 1, 4, 4).to(torch.float64).float())
+        w = self.c(u + v)                       # real x weight: must be reported
+        return self.fc(w.flatten(1))
+
+
+def test_every_conv_on_the_input_is_an_encoding_layer():
+    rep = measure(TwoReaders(), [image(4, 4)])
+    roles = {r.name: rep.role(r) for r in rep.ops}
+    assert roles == {"a": "first", "b": "first", "c": "", "fc": "classifier"}
+    assert [f.name for f in audit(rep)] == ["c"]
+
+
 def test_a2os2a_without_output_neuron_fails_audit():
     m, x = _live("a2os2a_fmnist", attn_kwargs={"out_neuron": False})
     found = audit(measure(m, [x]))
@@ -270,8 +297,9 @@ def test_plots(tmp_path):
     with torch.no_grad(), rec:
         m(x)
     assert list(rec.attention) == ["block.0.attn"]
-    # A2OS2A's default order passes K^T V ([T, h, d, d] for image 0) through attn_map
-    assert tuple(rec.attention["block.0.attn"].shape) == (m.T, 8, 16, 16)
+    # A2OS2A's default order passes K^T V ([T, h, d, d] for image 0) through attn_map;
+    # a2os2a_fmnist has D = 256 over 8 heads, so d = 32
+    assert tuple(rec.attention["block.0.attn"].shape) == (m.T, 8, 32, 32)
     plot_attention(rec.attention, tmp_path / "attn.png")
     assert (tmp_path / "attn.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -114,6 +114,26 @@ def test_fit_smoke_and_resume(fake_fmnist, tmp_path, monkeypatch):
         fit(_cfg(fake_fmnist, out, resume=True, batch_size=32), progress=False)
 
 
+def test_init_from_starts_from_the_checkpoint_weights(fake_fmnist, tmp_path, monkeypatch):
+    import spikeformers.train as tr
+    real_load = tr.load_fashion_mnist
+    monkeypatch.setattr(tr, "load_fashion_mnist", lambda s, d=None: tuple(t[:128] for t in real_load(s, d)))
+    torch.manual_seed(123)  # weights no seed_everything(0) model has
+    src = sf.create_model("a2os2a_fmnist", **TINY, T=1)
+    p = ck.save_checkpoint(tmp_path / "src.safetensors", src)
+    # with a zero learning rate the parameters must stay exactly the checkpoint's
+    fit(_cfg(fake_fmnist, tmp_path / "a", epochs=1, lr=0.0, min_lr=0.0, init_from=str(p)), progress=False)
+    got, _ = ck.read_checkpoint(tmp_path / "a" / "last.safetensors")
+    params = [k for k, _ in src.named_parameters()]
+    assert all(torch.equal(got[k], src.state_dict()[k]) for k in params)
+    fit(_cfg(fake_fmnist, tmp_path / "b", epochs=1, lr=0.0, min_lr=0.0), progress=False)
+    fresh, _ = ck.read_checkpoint(tmp_path / "b" / "last.safetensors")
+    assert not all(torch.equal(fresh[k], src.state_dict()[k]) for k in params)
+    other = ck.save_checkpoint(tmp_path / "sdt.safetensors", sf.create_model("sdt_2_512_cifar", **TINY))
+    with pytest.raises(TrainingError, match="holds model 'sdt_2_512_cifar', this run trains 'a2os2a_fmnist'"):
+        fit(_cfg(fake_fmnist, tmp_path / "c", init_from=str(other)), progress=False)
+
+
 def test_nan_loss_is_reported(fake_fmnist, tmp_path, monkeypatch):
     import spikeformers.train as tr
     real_load = tr.load_fashion_mnist

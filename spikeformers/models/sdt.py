@@ -222,8 +222,8 @@ def sdt_2_256_gesture(**kw):
 
 
 @register_model(img_size=28, in_chans=1, num_classes=10, T=4, pooling_stat="1100", num_heads=8, mlp_ratio=4.0,
-                embed_dim=128, depth=1, meta={"source": "spikeformers default for Fashion-MNIST (28x28x1)"})
+                embed_dim=128, depth=1, meta={"source": "spikeformers: backbone of `spikeformers compare` (28x28x1)"})
 def spikedriven_fmnist(**kw):
-    """Small Spike-driven Transformer for 28x28x1 input (7x7 tokens; the shape of ``a2os2a_fmnist``
-    with SDSA): the default backbone of ``spikeformers compare``. Any ``attention=`` plugs in."""
+    """Small Spike-driven Transformer for 28x28x1 input (SPS stem, 7x7 tokens, D=128, one block,
+    T=4): the default backbone of ``spikeformers compare``. Any ``attention=`` plugs in."""
     return _sdt(**kw)
