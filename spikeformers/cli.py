@@ -452,15 +452,16 @@ def audit(ctx, model, checkpoint, data, data_dir, batch_size, seed, model_kwargs
                    f"({', '.join(silent[:4])}{', ...' if len(silent) > 4 else ''}); value domains are judged "
                    f"from the values seen, so a silent model can pass trivially (use a checkpoint or --calibrate-bn)",
                    err=True)
-    first, cls = report.first_layer, report.classifier
-    click.echo(f"exempt: first layer {first.name if first else '-'} ({' x '.join(first.domains) if first else ''}), "
+    enc, cls = [r for r in report.ops if report.role(r) == "first"], report.classifier
+    layers = ", ".join(f"{r.name} ({' x '.join(r.domains)})" for r in enc) or "-"
+    click.echo(f"exempt: input layer{'s' if len(enc) > 1 else ''} {layers}, "
                f"classifier {cls.name if cls else '-'} ({' x '.join(cls.domains) if cls else ''})")
     if found:
         click.echo(f"FAIL: {len(found)} product(s) with no spike operand:")
         for f in found:
             click.echo(f"  {f}")
         ctx.exit(1)
-    n = sum(1 for r in report.ops if r.op != "scale") - (first is not None) - (cls is not None and cls is not first)
+    n = sum(1 for r in report.ops if r.op != "scale" and report.role(r) not in ("first", "classifier"))
     click.echo(f"PASS: addition-only: each of the other {n} products has a binary or ternary operand")
 
 

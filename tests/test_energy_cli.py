@@ -49,7 +49,10 @@ def test_energy_single_accounting_and_shape_error():
 def test_audit_command_exit_codes():
     r = CliRunner().invoke(main, ["audit", "--model", "a2os2a_fmnist", *LIVE])
     assert r.exit_code == 0, r.output
-    assert "PASS" in r.output
+    # IPSPS stem: 4 main convs + the shortcut conv (both on the image: exempt); block: q, k, v, the
+    # two attention matmuls, proj, fc1, fc2; head (exempt): 8 + 3 = 11 products checked
+    assert "PASS: addition-only: each of the other 11 products" in r.output
+    assert "input layers patch_embed.proj_conv0 (real x weight), patch_embed.short_conv (real x weight)" in r.output
     r = CliRunner().invoke(main, ["audit", "--model", "a2os2a_fmnist", *LIVE,
                                   "--model-kwargs", '{"attn_kwargs": {"out_neuron": false}}'])
     assert r.exit_code == 1, r.output
