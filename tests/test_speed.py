@@ -594,3 +594,48 @@ def test_small_map_conv_caches_taps_only_without_grad():
         torch.testing.assert_close(m(x), ref(x))
     y = m(x.requires_grad_())
     assert y.requires_grad and m.weight.grad is None
+
+
+@needs_kernel
+def test_bf16_saved_membrane_stays_on_the_forward_side_of_the_threshold():
+    """The kernels compute in float32 and save H (LIF) / U (ternary) in the tensor's dtype for the
+    backward, which tests it against the threshold again. In bfloat16 the saved value must agree
+    with the forward's decision: H >= vth exactly where a spike was emitted (0.998 would round to
+    1.0). Random inputs put thousands of membranes within a rounding step of the threshold."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(4, 200_000, generator=g) * 2.2).to(torch.bfloat16)
+    for lif in (LIF(), LIF(v_reset=None), LIF(v_threshold=0.5)):
+        s, hs = kernels.lif_forward(lif, x, keep_h=True)
+        assert torch.equal(hs.float() >= lif.v_threshold, s.float() == 1.0)
+    tern = Ternary()
+    o, us = kernels.ternary_forward(tern, (x.float() - 1.1).to(torch.bfloat16), keep_u=True)
+    assert torch.equal(us.float().abs() >= tern.v_threshold, o.float() != 0)
+    xb = (torch.randn(4 * 64, 32, 6, 6, generator=g) * 1.3).to(torch.bfloat16)
+    xb = xb.contiguous(memory_format=torch.channels_last)
+    s, hs, *_ = kernels.bnlif_forward(xb, torch.ones(32), torch.full((32,), 0.4), 1e-5, LIF(), T=4)
+    assert torch.equal(hs.float() >= 1.0, s.float() == 1.0)
+
+
+@needs_kernel
+def test_bf16_lif_gradient_through_a_membrane_just_below_threshold():
+    """Closed form, tau 2, threshold 1, hard reset (detached), sigmoid surrogate (alpha 4):
+    x = (1.9921875, 1, 1) gives H0 = x0/2 = 0.99609375, H1 = (H0 + 1)/2 = 0.998046875 (rounds to
+    1.0 in bfloat16), H2 = (H1 + 1)/2; nothing fires, so dV/dH = 1 and
+    dL/dH2 = sg(H2-1), dL/dH1 = sg(H1-1) + dL/dH2/2, dL/dH0 = sg(H0-1) + dL/dH1/2, dL/dx = dL/dH/2."""
+    def sg(z):
+        s = 1 / (1 + torch.exp(torch.tensor(-4.0 * z, dtype=torch.float64)))
+        return float(4 * s * (1 - s))
+
+    h0 = 1.9921875 / 2
+    h1 = (h0 + 1) / 2
+    h2 = (h1 + 1) / 2
+    d2 = sg(h2 - 1)
+    d1 = sg(h1 - 1) + d2 / 2
+    d0 = sg(h0 - 1) + d1 / 2
+    x = torch.tensor([1.9921875, 1.0, 1.0]).repeat(64, 1).T.contiguous().to(torch.bfloat16).requires_grad_()
+    assert kernels.supports(x)
+    s = LIF()(x)
+    assert not s.any()
+    s.float().sum().backward()
+    want = torch.tensor([d0 / 2, d1 / 2, d2 / 2], dtype=torch.float64)
+    torch.testing.assert_close(x.grad[:, 0].double(), want, rtol=8e-3, atol=0)

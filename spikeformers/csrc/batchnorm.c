@@ -146,7 +146,7 @@ BN_FUNCS(bf16, uint16_t)
                 float h = CHARGE_0(v[j], y);                                                      \
                 int f = h >= vth;                                                                 \
                 out[j] = STORE_##SUF(f ? 1.0f : 0.0f);                                            \
-                if (KEEP) ht[j] = STORE_##SUF(h);                                                 \
+                if (KEEP) ht[j] = STORE_SIDE_##SUF(h, vth, f);                                    \
                 v[j] = f ? RESET_##RK(h) : h;                                                     \
             }                                                                                     \
         }                                                                                         \

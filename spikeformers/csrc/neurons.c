@@ -37,7 +37,7 @@
  * 14.4 us on two, interleaved one-off timing) */
 #define PAR_MIN_STEP 4096
 
-#define LIF_FWD_BODY(CK, RK, TY, LOAD, STORE)                                                         \
+#define LIF_FWD_BODY(CK, RK, SUF, TY, LOAD, STORE)                                                        \
     float v[BLK];                                                                                    \
     for (int64_t b = lo; b < hi; b += BLK) {                                                         \
         int64_t n = hi - b < BLK ? hi - b : BLK;                                                     \
@@ -49,7 +49,7 @@
                 for (int64_t i = 0; i < n; i++) {                                                    \
                     float h = CHARGE_##CK(v[i], LOAD(xt + i));                                       \
                     int f = h >= vth;                                                                \
-                    STORE(st + i, f ? 1.0f : 0.0f); STORE(ht + i, h);                                \
+                    STORE(st + i, f ? 1.0f : 0.0f); SUF##_store_side(ht + i, h, vth, f);             \
                     v[i] = f ? RESET_##RK(h) : h;                                                    \
                 }                                                                                    \
             } else {                                                                                 \
@@ -112,18 +112,18 @@ void lif_forward_##SUF(const TY *__restrict x, TY *__restrict s, TY *__restrict 
     if (ckind == 1) ckind = 0;                                                                       \
     SF_PAR_BEGIN(lo, hi, BLK, N >= PAR_MIN_STEP)                                                       \
     switch (ckind * 3 + rkind) {                                                                     \
-    case 0: { LIF_FWD_BODY(0, 0, TY, LOAD, STORE) break; }                                           \
-    case 1: { LIF_FWD_BODY(0, 1, TY, LOAD, STORE) break; }                                           \
-    case 2: { LIF_FWD_BODY(0, 2, TY, LOAD, STORE) break; }                                           \
-    case 6: { LIF_FWD_BODY(2, 0, TY, LOAD, STORE) break; }                                           \
-    case 7: { LIF_FWD_BODY(2, 1, TY, LOAD, STORE) break; }                                           \
-    case 8: { LIF_FWD_BODY(2, 2, TY, LOAD, STORE) break; }                                           \
-    case 9: { LIF_FWD_BODY(3, 0, TY, LOAD, STORE) break; }                                           \
-    case 10: { LIF_FWD_BODY(3, 1, TY, LOAD, STORE) break; }                                          \
-    case 11: { LIF_FWD_BODY(3, 2, TY, LOAD, STORE) break; }                                          \
-    case 12: { LIF_FWD_BODY(4, 0, TY, LOAD, STORE) break; }                                          \
-    case 13: { LIF_FWD_BODY(4, 1, TY, LOAD, STORE) break; }                                          \
-    default: { LIF_FWD_BODY(4, 2, TY, LOAD, STORE) break; }                                          \
+    case 0: { LIF_FWD_BODY(0, 0, SUF, TY, LOAD, STORE) break; }                                           \
+    case 1: { LIF_FWD_BODY(0, 1, SUF, TY, LOAD, STORE) break; }                                           \
+    case 2: { LIF_FWD_BODY(0, 2, SUF, TY, LOAD, STORE) break; }                                           \
+    case 6: { LIF_FWD_BODY(2, 0, SUF, TY, LOAD, STORE) break; }                                           \
+    case 7: { LIF_FWD_BODY(2, 1, SUF, TY, LOAD, STORE) break; }                                           \
+    case 8: { LIF_FWD_BODY(2, 2, SUF, TY, LOAD, STORE) break; }                                           \
+    case 9: { LIF_FWD_BODY(3, 0, SUF, TY, LOAD, STORE) break; }                                           \
+    case 10: { LIF_FWD_BODY(3, 1, SUF, TY, LOAD, STORE) break; }                                          \
+    case 11: { LIF_FWD_BODY(3, 2, SUF, TY, LOAD, STORE) break; }                                          \
+    case 12: { LIF_FWD_BODY(4, 0, SUF, TY, LOAD, STORE) break; }                                          \
+    case 13: { LIF_FWD_BODY(4, 1, SUF, TY, LOAD, STORE) break; }                                          \
+    default: { LIF_FWD_BODY(4, 2, SUF, TY, LOAD, STORE) break; }                                          \
     }                                                                                                \
     SF_PAR_END                                                                                       \
 }                                                                                                    \
@@ -154,7 +154,7 @@ void ternary_forward_##SUF(const TY *__restrict x, TY *__restrict o, TY *__restr
                 float sgn = uu < 0.0f ? -1.0f : 1.0f;                                                \
                 float out = (sgn * uu - vth >= 0.0f) ? sgn : 0.0f;                                   \
                 STORE(ot + i, out);                                                                  \
-                if (us) STORE(us + t * N + b + i, uu);                                               \
+                if (us) SUF##_store_mag_side(us + t * N + b + i, uu, vth, out != 0.0f);              \
                 u[i] = uu; ob[i] = out;                                                              \
             }                                                                                        \
         }                                                                                            \
