@@ -146,9 +146,11 @@ BN_FUNCS(bf16, uint16_t)
                 float h = CHARGE_0(v[j], y);                                                      \
                 int f = h >= vth;                                                                 \
                 out[j] = STORE_##SUF(f ? 1.0f : 0.0f);                                            \
-                if (KEEP) ht[j] = STORE_SIDE_##SUF(h, vth, f);                                    \
+                if (KEEP) hb[j] = h;                                                              \
                 v[j] = f ? RESET_##RK(h) : h;                                                     \
             }                                                                                     \
+            /* own loop: the threshold-side store (common.h) would keep the loop above scalar */  \
+            if (KEEP) for (int64_t j = 0; j < n; j++) ht[j] = STORE_SIDE_##SUF(hb[j], vth, hb[j] >= vth); \
         }                                                                                         \
     }
 
@@ -159,7 +161,7 @@ void bnlif_forward_##SUF(const TY *x, TY *s, TY *hs, const float *w, const float
                          float r, float vth, float v0) {                                          \
     SF_PAR_BEGIN(c0, c1, 16, M * (c1 - c0) >= SF_PAR_MIN && c1 - c0 >= 32)                          \
     int64_t n = c1 - c0, R = M / TT;                                                              \
-    float *A = malloc(3 * n * sizeof(float)), *B = A + n, *v = A + 2 * n;                         \
+    float *A = malloc(4 * n * sizeof(float)), *B = A + n, *v = A + 2 * n, *hb = A + 3 * n;        \
     bn_stats_##SUF(x, w, b, mean_out, var_out, rstd_out, A, B, M, C, c0, n, eps);                 \
     switch (rkind * 2 + (hs != NULL)) {                                                           \
     case 0: { BNLIF_FWD_BODY(0, SUF, TY, 0) break; }                                              \

@@ -1,7 +1,6 @@
 /* bfloat16 <-> float32 and typed load / store, shared by the C kernels of spikeformers. */
 #ifndef SPIKEFORMERS_COMMON_H
 #define SPIKEFORMERS_COMMON_H
-#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -20,22 +19,22 @@ static inline void bf16_store(uint16_t *p, float v) { *p = f2bf(v); }
  * mask H < vth, the ternary neuron's |U| >= vth) must stay on the side the forward decided in
  * float32. Rounding to bfloat16 can move it onto the other side (0.998 rounds to 1.0), so the
  * stored value is moved one bfloat16 step back where that happens: `fired` is the forward's
- * decision (h >= vth). One step suffices: h lies within half a step of its rounded value. */
-static inline uint16_t bf16_step(uint16_t b, int up) {
-    if (up) return (b & 0x8000u) ? (b == 0x8000u ? 0x0001u : (uint16_t)(b - 1)) : (uint16_t)(b + 1);
-    return (b & 0x8000u) ? (uint16_t)(b + 1) : (b == 0 ? 0x8001u : (uint16_t)(b - 1));
-}
+ * decision. One step suffices (h lies within half a step of its rounded value); for vth > 0 the
+ * rounded value is then positive and one step is +-1 on its bits. Written as integer selects so
+ * that the loops stay vectorised (a branchy version made the ternary forward 20x slower). */
 static inline uint16_t f2bf_side(float h, float vth, int fired) {
-    uint16_t b = f2bf(h);
-    return ((bf2f(b) >= vth) == !!fired) ? b : bf16_step(b, fired);
+    uint32_t b = f2bf(h);
+    int32_t up = fired ? 1 : -1, wrong = (bf2f((uint16_t)b) >= vth) ^ (fired != 0);
+    return (uint16_t)(b + (uint32_t)(up & -wrong));
 }
 static inline void f32_store_side(float *p, float v, float vth, int fired) { (void)vth; (void)fired; *p = v; }
 static inline void bf16_store_side(uint16_t *p, float v, float vth, int fired) { *p = f2bf_side(v, vth, fired); }
-/* the same for the ternary neuron, on the magnitude (the sign never flips near vth > 0) */
+/* the same for the ternary neuron, on the magnitude (rounding is symmetric: the sign bit stays) */
 static inline void f32_store_mag_side(float *p, float v, float vth, int fired) { (void)vth; (void)fired; *p = v; }
 static inline void bf16_store_mag_side(uint16_t *p, float v, float vth, int fired) {
-    uint16_t b = f2bf_side(fabsf(v), vth, fired);
-    *p = v < 0.0f ? (uint16_t)(b | 0x8000u) : b;
+    uint32_t b = f2bf(v), m = b & 0x7fffu;
+    int32_t up = fired ? 1 : -1, wrong = (bf2f((uint16_t)m) >= vth) ^ (fired != 0);
+    *p = (uint16_t)((b & 0x8000u) | (m + (uint32_t)(up & -wrong)));
 }
 /* value forms, for kernels generated per type suffix (SUF = f32 | bf16) */
 #define LOAD_f32(v) (v)

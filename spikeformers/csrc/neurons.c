@@ -38,7 +38,7 @@
 #define PAR_MIN_STEP 4096
 
 #define LIF_FWD_BODY(CK, RK, SUF, TY, LOAD, STORE)                                                        \
-    float v[BLK];                                                                                    \
+    float v[BLK], hb[BLK];                                                                                 \
     for (int64_t b = lo; b < hi; b += BLK) {                                                         \
         int64_t n = hi - b < BLK ? hi - b : BLK;                                                     \
         for (int64_t i = 0; i < n; i++) v[i] = v0;                                                   \
@@ -49,9 +49,11 @@
                 for (int64_t i = 0; i < n; i++) {                                                    \
                     float h = CHARGE_##CK(v[i], LOAD(xt + i));                                       \
                     int f = h >= vth;                                                                \
-                    STORE(st + i, f ? 1.0f : 0.0f); SUF##_store_side(ht + i, h, vth, f);             \
+                    STORE(st + i, f ? 1.0f : 0.0f); hb[i] = h;                                       \
                     v[i] = f ? RESET_##RK(h) : h;                                                    \
                 }                                                                                    \
+                /* own loop: the threshold-side store would keep the loop above from vectorising */ \
+                for (int64_t i = 0; i < n; i++) SUF##_store_side(ht + i, hb[i], vth, hb[i] >= vth);  \
             } else {                                                                                 \
                 for (int64_t i = 0; i < n; i++) {                                                    \
                     float h = CHARGE_##CK(v[i], LOAD(xt + i));                                       \
@@ -154,9 +156,11 @@ void ternary_forward_##SUF(const TY *__restrict x, TY *__restrict o, TY *__restr
                 float sgn = uu < 0.0f ? -1.0f : 1.0f;                                                \
                 float out = (sgn * uu - vth >= 0.0f) ? sgn : 0.0f;                                   \
                 STORE(ot + i, out);                                                                  \
-                if (us) SUF##_store_mag_side(us + t * N + b + i, uu, vth, out != 0.0f);              \
                 u[i] = uu; ob[i] = out;                                                              \
             }                                                                                        \
+            if (us)                                                                                  \
+                for (int64_t i = 0; i < n; i++)                                                      \
+                    SUF##_store_mag_side(us + t * N + b + i, u[i], vth, ob[i] != 0.0f);              \
         }                                                                                            \
     }                                                                                                \
     SF_PAR_END                                                                                       \
