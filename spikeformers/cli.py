@@ -233,7 +233,8 @@ def convert(official, source, kwargs_json, out):
 @click.option("--batch", default=16, type=click.IntRange(min=1), help="batch size")
 @click.option("--img-size", default=32, type=click.IntRange(min=1), help="input height and width")
 @click.option("--num-classes", default=10, type=click.IntRange(min=1))
-@click.option("--precision", default="bf16", type=click.Choice(["fp32", "bf16"]), help="autocast precision")
+@click.option("--precision", default="auto", type=click.Choice(["auto", "fp32", "bf16"]),
+              help="autocast precision; auto: the faster of the two on this machine, as `train` picks it")
 @click.option("--compile/--no-compile", "compile_", default=False, help="torch.compile the model (slow to build)")
 @click.option("--optimize/--no-optimize", default=True, help="1x1 convs as matmuls, channels-last")
 @click.option("--fuse/--no-fuse", default=True, help="fold BatchNorm into the convs for inference")
@@ -253,6 +254,7 @@ def bench(name, T, batch, img_size, num_classes, precision, compile_, optimize, 
     if as_json:
         click.echo(json.dumps(r.to_dict()))
         return
+    precision = r.precision
     peak = r.peak_bf16_gflops_s if precision == "bf16" else r.peak_fp32_gflops_s
     click.echo(f"{name}: T={T} batch={batch} {img_size}x{img_size} {num_classes} classes, {precision}"
                f"{', compiled' if compile_ else ''}{', optimized' if optimize else ''}, {r.threads} threads")

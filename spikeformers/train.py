@@ -266,20 +266,38 @@ def _check_logits(logits: torch.Tensor, y: torch.Tensor, step: int, lr: float, l
                             "or resume from the last good checkpoint with --resume.")
 
 
+_BF16_PROBE: dict[str, bool] = {}
+
+
+def _bf16_matmul_faster(n: int = 1024, margin: float = 1.1) -> bool:
+    """True when a bf16 matmul beats float32 by ``margin`` on this CPU (measured once per process,
+    about 0.1 s with ``bench.matmul_peak``). CPUs with AVX512-BF16 but without AMX differ: on an
+    AMD EPYC the issue measured bf16 at 2.5x float32, on a 2-core Xeon here without AMX bf16 ran at
+    0.64x (152 vs 239 GFLOP/s) and the default model trained 20 % slower under bf16 autocast."""
+    if "cpu" not in _BF16_PROBE:
+        from .bench import matmul_peak
+        _BF16_PROBE["cpu"] = matmul_peak(torch.bfloat16, n=n, reps=3) > margin * matmul_peak(
+            torch.float32, n=n, reps=3)
+    return _BF16_PROBE["cpu"]
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"auto"`` -> ``"bf16"`` where the device computes bfloat16 natively (a CUDA GPU with bf16,
-    a CPU with AVX512-BF16 or AMX), else ``"fp32"``; other values are returned as they are.
-    bf16 autocast trains the default Fashion-MNIST recipe to the float32 accuracy within the seed
-    spread (README, "Performance") and 1.4x faster on such a CPU, but is emulated, and slower than
-    float32, on CPUs without these instructions."""
+    """``"auto"`` -> ``"bf16"`` where bfloat16 is the faster number format, else ``"fp32"``; other
+    values are returned as they are. A CUDA GPU: bf16 where supported. A CPU: bf16 with AMX; with
+    AVX512-BF16 alone, bf16 only when a short matmul probe measures it faster than float32 (it is
+    on some CPUs and not on others); without either, bf16 is emulated and fp32 is chosen. bf16
+    autocast trains the default Fashion-MNIST recipe to the float32 accuracy within the seed spread
+    (README, "Performance")."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     if device.type == "cpu":
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        native = any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-        return "bf16" if native else "fp32"
+        if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+            return "bf16"
+        if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
+            return "bf16" if _bf16_matmul_faster() else "fp32"
+        return "fp32"
     return "fp32"
 
 

@@ -185,6 +185,16 @@ def test_precision_auto_follows_native_bf16(monkeypatch):
     assert resolve_precision("auto", cpu) == "fp32"           # emulated bf16 would be slower
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
     assert resolve_precision("auto", cpu) == "bf16"
+    # AVX512-BF16 without AMX: the matmul probe decides (bf16 must beat fp32 by 10 %)
+    import spikeformers.bench as bench
+    import spikeformers.train as train
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    for bf16, fp32, want in ((380.0, 150.0, "bf16"), (152.0, 239.0, "fp32"), (105.0, 100.0, "fp32")):
+        monkeypatch.setattr(train, "_BF16_PROBE", {})
+        monkeypatch.setattr(bench, "matmul_peak", lambda dtype, n=0, reps=0, b=bf16, f=fp32:
+                            b if dtype == torch.bfloat16 else f)
+        assert resolve_precision("auto", cpu) == want, (bf16, fp32)
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
     assert TrainConfig().precision == "auto"
     with pytest.raises(ValueError, match="precision must be 'auto', 'fp32' or 'bf16'"):
