@@ -55,7 +55,8 @@ def a2os2a_8_768(**kw):
 def a2os2a_fmnist(**kw):
     """Small A²OS²A for 28x28x1 input (IPSPS stem, 7x7 tokens, D=256, one block; 1.15 M parameters),
     sized so that `spikeformers train` reaches >= 90 % on Fashion-MNIST within 15 minutes on a 2-core
-    CPU with a margin (README, "Results": 91.51 % in 11.4 min). Choices made for that budget and
+    CPU with AMX with a margin (README, "Results": 91.51 % in 11.4 min; on a 2-core CPU without AMX
+    it takes about 30 min, and ``embed_dim=128`` is the fast choice there: 90.0-90.3 % in 12.4 min). Choices made for that budget and
     measured there: the IPSPS stem of STMixer (an analog shortcut beside the spiking stem; the SPS stem
     at D=128 ended at 89.8-90.5 %, no margin), T=1 (the same accuracy per training step as T=2 or 4
     in our runs, at half or a quarter of the cost) and LIF threshold 0.5 instead of the official 1.0
