@@ -50,6 +50,16 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
+def from_rank0(ctx: DistContext, value):
+    """``value`` as rank 0 has it, on every rank (a picklable object; itself when not distributed).
+    For decisions that must agree across ranks but may differ per process, such as a timing probe."""
+    if not ctx.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def cleanup(ctx: DistContext) -> None:
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()

@@ -318,7 +318,8 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
     ``last.state.pt`` (optimizer, schedule position and RNG, for ``resume``)."""
     _check_config(cfg)
     ctx = dist_utils.init_distributed()
-    cfg = replace(cfg, precision=resolve_precision(cfg.precision, ctx.device))
+    # every rank must train in the same format; "auto" may rest on a timing probe, so rank 0 decides
+    cfg = replace(cfg, precision=dist_utils.from_rank0(ctx, resolve_precision(cfg.precision, ctx.device)))
     progress = progress and ctx.is_main
     seed_everything(cfg.seed)
     out = Path(cfg.out)

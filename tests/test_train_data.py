@@ -116,7 +116,7 @@ def test_two_processes_equal_one_process_with_accumulation(cifar_dir, tmp_path):
     common = ["-m", "spikeformers", "train", "--data", "cifar10", "--data-dir", str(cifar_dir), "--model",
               "a2os2a_fmnist", "--model-kwargs", TINY, "--T", "2", "--batch-size", "4", "--max-steps", "1",
               "--workers", "0", "--warmup-epochs", "0", "--lr", "0.01", "--set", "crop=none", "--set", "hflip=0",
-              "--threads", "1"]
+              "--threads", "1", "--precision", "fp32"]   # fixed: "auto" may time a probe per process
     ddp, one = tmp_path / "ddp", tmp_path / "one"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
     _run(torchrun + common + ["--out", str(ddp)], {}, tmp_path)
