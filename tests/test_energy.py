@@ -292,13 +292,13 @@ def test_plots(tmp_path):
     rep = measure(Tiny(), [image(4, 4)])
     plot_firing_rates(rep, tmp_path / "rates.png")
     assert (tmp_path / "rates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    m, x = _live("a2os2a_fmnist")
+    m, x = _live("a2os2a_fmnist", embed_dim=256)
     rec = EnergyRecorder(m, capture_attention=True)
     with torch.no_grad(), rec:
         m(x)
     assert list(rec.attention) == ["block.0.attn"]
     # A2OS2A's default order passes K^T V ([T, h, d, d] for image 0) through attn_map;
-    # a2os2a_fmnist has D = 256 over 8 heads, so d = 32
+    # at D = 256 over a2os2a_fmnist's 8 heads, d = 32
     assert tuple(rec.attention["block.0.attn"].shape) == (m.T, 8, 32, 32)
     plot_attention(rec.attention, tmp_path / "attn.png")
     assert (tmp_path / "attn.png").read_bytes()[:4] == b"\x89PNG"

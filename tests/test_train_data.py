@@ -133,3 +133,21 @@ def test_two_processes_equal_one_process_with_accumulation(cifar_dir, tmp_path):
     _run([sys.executable] + common + ["--out", str(tmp_path / "zero"), "--lr", "0", "--accum-steps", "2"], {}, tmp_path)
     z = load_file(str(tmp_path / "zero" / "last.safetensors"))
     assert any(not torch.allclose(a[k], z[k], atol=1e-4) for k in params if a[k].ndim > 1)
+
+
+def test_from_rank0_makes_two_processes_agree(tmp_path):
+    """`distributed.from_rank0` (how `fit` shares rank 0's resolved precision): each of 2 gloo
+    processes offers a different value and both must end with rank 0's."""
+    script = tmp_path / "agree.py"
+    script.write_text(
+        "import os, sys\n"
+        "from spikeformers import distributed as d\n"
+        "ctx = d.init_distributed()\n"
+        "mine = 'bf16' if ctx.rank == 0 else 'fp32'\n"
+        "got = d.from_rank0(ctx, mine)\n"
+        "open(os.path.join(sys.argv[1], f'rank{ctx.rank}.txt'), 'w').write(f'{mine} {got}')\n"
+        "d.cleanup(ctx)\n")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519"]
+    _run(torchrun + [str(script), str(tmp_path)], {}, tmp_path)
+    assert (tmp_path / "rank0.txt").read_text() == "bf16 bf16"
+    assert (tmp_path / "rank1.txt").read_text() == "fp32 bf16"

@@ -50,16 +50,17 @@ def a2os2a_8_768(**kw):
 
 
 @register_model(img_size=28, in_chans=1, num_classes=10, T=1, pooling_stat="1100", num_heads=8,
-                mlp_ratio=4.0, embed_dim=256, depth=1, v_threshold=0.5, stem="ipsps",
+                mlp_ratio=4.0, embed_dim=192, depth=1, v_threshold=0.5, stem="ipsps",
                 meta={"source": "spikeformers default for Fashion-MNIST (28x28x1)"})
 def a2os2a_fmnist(**kw):
-    """Small A²OS²A for 28x28x1 input (IPSPS stem, 7x7 tokens, D=256, one block; 1.15 M parameters),
+    """Small A²OS²A for 28x28x1 input (IPSPS stem, 7x7 tokens, D=192, one block; 647,218 parameters),
     sized so that `spikeformers train` reaches >= 90 % on Fashion-MNIST within 15 minutes on a 2-core
-    CPU with AMX with a margin (README, "Results": 91.51 % in 11.4 min; on a 2-core CPU without AMX
-    it takes about 30 min, and ``embed_dim=128`` is the fast choice there: 90.0-90.3 % in 12.4 min). Choices made for that budget and
-    measured there: the IPSPS stem of STMixer (an analog shortcut beside the spiking stem; the SPS stem
-    at D=128 ended at 89.8-90.5 %, no margin), T=1 (the same accuracy per training step as T=2 or 4
-    in our runs, at half or a quarter of the cost) and LIF threshold 0.5 instead of the official 1.0
-    (faster learning at T=1-2). Override them (``stem="sps", embed_dim=128`` for the earlier default;
-    ``T=4, v_threshold=1.0`` for the paper's neuron setting)."""
+    CPU with a margin. Measured (README, "Results"): on a 2-core AMD EPYC with AVX512-BF16 (bf16)
+    90.98 % in 11.9 min; D=256 (sessions 5-6's default, ``embed_dim=256``) reached 91.33 % there but
+    took 18.6 min (91.4-91.5 % in 11.4-12.1 min on a Xeon with AMX). Choices made for that budget:
+    the IPSPS stem of STMixer (an analog shortcut beside the spiking stem; the SPS stem at D=128 ended
+    at 89.8-90.5 %, no margin), T=1 (the same accuracy per training step as T=2 or 4 in our runs, at
+    half or a quarter of the cost) and LIF threshold 0.5 instead of the official 1.0 (faster learning
+    at T=1-2). Override them (``embed_dim=128`` on a CPU without fast bf16, ``stem="sps",
+    embed_dim=128`` for the first default; ``T=4, v_threshold=1.0`` for the paper's neuron setting)."""
     return _a2os2a(**kw)
