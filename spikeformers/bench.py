@@ -4,7 +4,7 @@ zoo model against the machine's measured matmul peaks.
 What is timed (the same definition the SpikingJelly comparison in ``benchmarks/`` uses):
 
 - train step: forward on a ``[B, C, H, W]`` batch, cross-entropy, backward, SGD (momentum 0.9)
-  step, ``zero_grad``; the model in train mode (BatchNorm batch statistics).
+  step (ours with torch's fused kernel, as ``spikeformers train`` builds it), ``zero_grad``; the model in train mode (BatchNorm batch statistics).
 - inference: forward in eval mode under ``torch.inference_mode``.
 
 Each is warmed up, then timed ``reps`` times; the median is reported. GFLOP/s counts the
@@ -124,6 +124,7 @@ def bench_model(name: str, T: int = 4, batch: int = 16, img_size: int = 32, num_
     from . import kernels
     from .train import resolve_precision
     from .models import create_model
+    from .optim import build_optimizer
     from .speed import fuse as fuse_bn, optimize as optimize_model
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
@@ -139,7 +140,7 @@ def bench_model(name: str, T: int = 4, batch: int = 16, img_size: int = 32, num_
 
     if train:
         net = torch.compile(model) if compile else model
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        opt = build_optimizer("sgd", list(model.parameters()), lr=0.01)   # momentum 0.9, fused where possible
 
         def train_step():
             with _autocast(device, precision):

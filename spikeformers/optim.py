@@ -98,20 +98,36 @@ def param_groups_weight_decay(model: torch.nn.Module, weight_decay: float, no_de
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-def build_optimizer(name: str, model_or_params, lr: float, weight_decay: float = 0.0, **kw) -> Optimizer:
+def _fusable(params) -> bool:
+    """Whether torch's fused (single-kernel, multi-tensor) AdamW / Adam / SGD can take ``params``:
+    floating-point tensors, all on the CPU or all on CUDA (torch >= 2.4 has CPU fused kernels)."""
+    tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+    devices = {t.device.type for t in tensors}
+    return bool(tensors) and len(devices) == 1 and devices <= {"cpu", "cuda"} and all(
+        t.is_floating_point() for t in tensors)
+
+
+def build_optimizer(name: str, model_or_params, lr: float, weight_decay: float = 0.0,
+                    fused: bool | None = None, **kw) -> Optimizer:
     """``adamw`` | ``lamb`` | ``sgd`` | ``adam``, with timm's no-decay-on-1-D-parameters groups
-    when given a module."""
+    when given a module. ``fused=None`` uses torch's fused AdamW / Adam / SGD step where the
+    parameters allow it (one pass over all tensors instead of a Python loop of small ops; the same
+    update up to float rounding); ``False`` keeps the per-tensor loop."""
     params = (param_groups_weight_decay(model_or_params, weight_decay)
               if isinstance(model_or_params, torch.nn.Module) else model_or_params)
+    params = list(params)
     name = name.lower()
+    if fused is None:
+        fused = name in ("adamw", "adam", "sgd") and _fusable(params)
+    fuse = {"fused": True} if fused else {}
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=kw.get("betas", (0.9, 0.999)),
-                                 eps=kw.get("eps", 1e-8))
+                                 eps=kw.get("eps", 1e-8), **fuse)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **fuse)
     if name == "lamb":
         return Lamb(params, lr=lr, weight_decay=weight_decay, betas=kw.get("betas", (0.9, 0.999)),
                     eps=kw.get("eps", 1e-6), max_grad_norm=kw.get("max_grad_norm", 1.0))
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=kw.get("momentum", 0.9))
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=kw.get("momentum", 0.9), **fuse)
     raise ValueError(f"unknown optimizer {name!r}; expected adamw, adam, lamb or sgd")

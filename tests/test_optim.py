@@ -58,3 +58,28 @@ def test_build_optimizer_groups():
     assert wds == [0.0, 0.05] and sum(len(g["params"]) for g in opt.param_groups) == 4
     with pytest.raises(ValueError, match="unknown optimizer"):
         build_optimizer("adagrad9", m, lr=1)
+
+
+def _net():
+    torch.manual_seed(0)
+    # no bias before the BatchNorm: its gradient would be rounding noise, which Adam scales up to +-lr
+    return torch.nn.Sequential(torch.nn.Linear(6, 5, bias=False), torch.nn.BatchNorm1d(5), torch.nn.Linear(5, 3))
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd", "adam"])
+def test_fused_step_matches_torch_per_tensor_loop(name):
+    """build_optimizer picks torch's fused step on CPU by default; three steps of it must give the
+    update of torch's own per-tensor loop (fused=False) to float rounding."""
+    a, b, start = _net(), _net(), _net()
+    oa = build_optimizer(name, a, lr=1e-2, weight_decay=0.05)
+    ob = build_optimizer(name, b, lr=1e-2, weight_decay=0.05, fused=False)
+    assert oa.defaults.get("fused") is True and not ob.defaults.get("fused")
+    for _ in range(3):
+        x = torch.randn(8, 6)
+        for m, o in ((a, oa), (b, ob)):
+            m(x).square().mean().backward()
+            o.step()
+            o.zero_grad()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(p, q) for p, q in zip(a.parameters(), start.parameters()))
