@@ -118,9 +118,11 @@ def _peak_mem_mb(device: str) -> float:
 def bench_model(name: str, T: int = 4, batch: int = 16, img_size: int = 32, num_classes: int = 10,
                 precision: str = "auto", compile: bool = False, optimize: bool = True, fuse: bool = True,
                 warmup: int = 2, reps: int = 5, device: str = "cpu", peaks: bool = True,
-                train: bool = True, infer: bool = True, seed: int = 0) -> BenchResult:
-    """Measure ``name`` (a registered model) at ``[batch, in_chans, img_size, img_size]``;
-    ``precision="auto"`` takes the faster format as training does (``train.resolve_precision``)."""
+                train: bool = True, infer: bool = True, seed: int = 0,
+                model_kwargs: dict | None = None) -> BenchResult:
+    """Measure ``name`` (a registered model, with ``model_kwargs`` overriding its config) at
+    ``[batch, in_chans, img_size, img_size]``; ``precision="auto"`` takes the faster format as
+    training does (``train.resolve_precision``)."""
     from . import kernels
     from .train import resolve_precision
     from .models import create_model
@@ -130,7 +132,8 @@ def bench_model(name: str, T: int = 4, batch: int = 16, img_size: int = 32, num_
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
     precision = resolve_precision(precision, torch.device(device))
     torch.manual_seed(seed)
-    model = create_model(name, T=T, img_size=img_size, num_classes=num_classes).to(device)
+    model = create_model(name, **{"T": T, "img_size": img_size, "num_classes": num_classes,
+                                  **(model_kwargs or {})}).to(device)
     if optimize:
         optimize_model(model)
     x = torch.randn(batch, model.in_chans, img_size, img_size, device=device)

@@ -25,6 +25,20 @@ class _Main(click.Group):
             raise click.ClickException(f"{type(e).__name__}: {msg}") from None
 
 
+def _json_object(text: str | None, flag: str) -> dict:
+    """The JSON object ``text`` given to ``flag`` ({} when absent); a clear error for anything else."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"{text!r} is not valid JSON ({e.msg} at character {e.pos}); expected an "
+                                 'object such as \'{"embed_dim": 128}\'', param_hint=flag) from None
+    if not isinstance(value, dict):
+        raise click.BadParameter(f"expected a JSON object of keyword arguments, got {text!r}", param_hint=flag)
+    return value
+
+
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="spikeformers")
 def main():
@@ -111,7 +125,7 @@ def train(config_file, set_items, threads, **opts):
             d[k] = v
     d.update(_parse_sets(set_items))
     if isinstance(d.get("model_kwargs"), str):
-        d["model_kwargs"] = json.loads(d["model_kwargs"])
+        d["model_kwargs"] = _json_object(d["model_kwargs"], "--model-kwargs")
     d["model_kwargs"] = d.get("model_kwargs") or {}
     d["out"] = d.get("out") or f"runs/{d['model']}"
     cfg = TrainConfig.from_dict(d)
@@ -213,9 +227,7 @@ def convert(official, source, kwargs_json, out):
     """Convert an official checkpoint OFFICIAL (.pth) into a spikeformers checkpoint."""
     from .checkpoint import save_checkpoint
     from .models.official import from_official
-    kw = json.loads(kwargs_json) if kwargs_json else {}
-    if not isinstance(kw, dict):
-        raise ValueError(f"--kwargs must be a JSON object of keyword arguments, got {kwargs_json!r}")
+    kw = _json_object(kwargs_json, "--kwargs")
     model = from_official(official, source, **kw)
     # Saved in our own conventions ([B, K] logits); the numerical quirk flags are kept.
     if model.config.get("per_step_logits"):
@@ -242,7 +254,9 @@ def convert(official, source, kwargs_json, out):
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="torch CPU threads (default: all cores)")
 @click.option("--device", default="cpu", help="cpu or cuda")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def bench(name, T, batch, img_size, num_classes, precision, compile_, optimize, fuse, reps, threads, device, as_json):
+@click.option("--model-kwargs", default=None, help='JSON of extra model kwargs, e.g. \'{"embed_dim": 192}\'')
+def bench(name, T, batch, img_size, num_classes, precision, compile_, optimize, fuse, reps, threads, device, as_json,
+          model_kwargs):
     """Train / inference images per second, peak memory and achieved GFLOP/s of a model, against
     this machine's measured fp32 and bf16 matmul peaks."""
     import torch
@@ -250,7 +264,8 @@ def bench(name, T, batch, img_size, num_classes, precision, compile_, optimize, 
     if threads:
         torch.set_num_threads(threads)
     r = bench_model(name, T=T, batch=batch, img_size=img_size, num_classes=num_classes, precision=precision,
-                    compile=compile_, optimize=optimize, fuse=fuse, reps=reps, device=device)
+                    compile=compile_, optimize=optimize, fuse=fuse, reps=reps, device=device,
+                    model_kwargs=_json_object(model_kwargs, "--model-kwargs"))
     if as_json:
         click.echo(json.dumps(r.to_dict()))
         return
@@ -306,11 +321,8 @@ def compare(attentions, backbone, model_kwargs, attn_kwargs, energy_images, spee
     if threads:
         torch.set_num_threads(threads)
     names = list(ATTENTIONS) if attentions.strip() == "all" else [a.strip() for a in attentions.split(",") if a.strip()]
-    mk = json.loads(model_kwargs) if model_kwargs else {}
-    ak = json.loads(attn_kwargs) if attn_kwargs else {}
-    for flag, v in (("--model-kwargs", mk), ("--attn-kwargs", ak)):
-        if not isinstance(v, dict):
-            raise ValueError(f"{flag} must be a JSON object, got {v!r}")
+    mk = _json_object(model_kwargs, "--model-kwargs")
+    ak = _json_object(attn_kwargs, "--attn-kwargs")
     base = TrainConfig(model=backbone, model_kwargs=mk, out=out, **opts)
     rows = run_compare(names, backbone, out, base, ak, energy_images, speed_images, tp_keep, halting,
                        recalibrate_bn)
@@ -336,7 +348,7 @@ def _energy_setup(model, checkpoint, data, data_dir, batches, batch_size, seed, 
     from .checkpoint import load_checkpoint
     from .energy import calibrate_batchnorm
     from .models import create_model
-    kwargs = json.loads(model_kwargs) if model_kwargs else {}
+    kwargs = _json_object(model_kwargs, "--model-kwargs")
     if checkpoint:
         net, meta = load_checkpoint(checkpoint, expect_model=model, **kwargs)
         note = f"weights: {checkpoint}"

@@ -175,6 +175,23 @@ def test_bench_cli_json():
         assert isinstance(d[k], float) and d[k] > 0, k
 
 
+def test_bench_cli_model_kwargs_reach_the_model():
+    """--model-kwargs changes the benchmarked model: half the width, fewer FLOPs per step; bad JSON
+    is one clear error naming the flag."""
+    base = ["bench", "--model", "sdt_2_256_cifar", "--T", "1", "--batch", "2", "--img-size", "16", "--reps", "1",
+            "--json", "--precision", "fp32"]
+    flops = []
+    for extra in ([], ["--model-kwargs", '{"embed_dim": 128}']):
+        r = CliRunner().invoke(main, base + extra)
+        assert r.exit_code == 0, r.output
+        flops.append(json.loads(r.output.strip().splitlines()[-1])["train_gflop_per_step"])
+    assert flops[1] < 0.5 * flops[0]
+    r = CliRunner().invoke(main, base + ["--model-kwargs", "{embed_dim: 128}"])
+    assert r.exit_code == 2 and "--model-kwargs" in r.output and "not valid JSON" in r.output
+    r = CliRunner().invoke(main, ["train", "--model-kwargs", "[128]", "--max-steps", "1"])
+    assert r.exit_code == 2 and "--model-kwargs" in r.output and "expected a JSON object" in r.output
+
+
 @pytest.mark.slow
 def test_compiled_lif_matches_eager():
     lif = LIF()
