@@ -306,6 +306,22 @@ def test_relu_neuron(dtype):
     assert out.to(F64).tolist() == [[0.0, 0.0, 2.25], [3.0, 0.0, 0.125]]
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_relu_neuron_gradient_across_memory_layouts(dtype):
+    """dK = dOut where K > 0, else 0, whatever the layouts of the input and the incoming gradient
+    (the backward re-lays a mismatched gradient out before the mask)."""
+    torch.manual_seed(0)
+    base = torch.randn(2, 3, 4, 5, 6).to(dtype)
+    x = base.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3).requires_grad_()  # channels last
+    g = torch.randn(2, 3, 4, 5, 6).to(dtype)                                              # contiguous
+    out = ReLUNeuron()(x)
+    assert out.stride() == x.stride()
+    out.backward(g)
+    expected = torch.where(base > 0, g, torch.zeros((), dtype=dtype))
+    assert torch.equal(x.grad, expected)
+    assert 0 < (x.grad != 0).sum() < x.numel()
+
+
 NEURON_FACTORIES = {
     "LIF": LIF, "LIF_soft": lambda: LIF(v_reset=None), "LIF_vreset": lambda: LIF(v_reset=0.5),
     "IF": IF, "PLIF": PLIF, "PLIF_w": lambda: _plif_with_w(0.8), "Ternary": Ternary,
