@@ -141,8 +141,10 @@ def main() -> None:
             raw[m]["sj"].append(run_sj(py, m, a.threads, a.reps, a.sj_compile))
             print(" done", flush=True)
     med = statistics.median
+    cpu = raw[models[0]]["ours"][0].get("cpu", "") if models else ""
     print(f"\nT=4, batch 16, 32x32x3, 10 classes, {a.threads} threads, medians of {a.rounds} A/B rounds "
-          f"(each {a.reps} timed steps); ours {'compiled' if a.ours_compile else 'eager'}")
+          f"(each {a.reps} timed steps); ours {'compiled' if a.ours_compile else 'eager'}"
+          f"{'; ' + cpu if cpu else ''}")
     hdr = ("model", "ours train", "SJ eager", "SJ compiled", "ratio", "ours infer", "SJ eager", "SJ compiled", "ratio")
     print("| " + " | ".join(hdr) + " |\n|" + "---|" * len(hdr))
     summary = {}

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BenchResult", "matmul_peak", "bench_model", "step_flops"]
+__all__ = ["BenchResult", "matmul_peak", "bench_model", "step_flops", "cpu_name"]
 
 
 @dataclass
@@ -56,9 +56,34 @@ class BenchResult:
     train_gflop_per_step: float
     infer_gflop_per_step: float
     kernel: str
+    cpu: str = ""               # which CPU produced the figures (see :func:`cpu_name`)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """This CPU's model name and the features that decide our speed, e.g. ``"AMD EPYC (avx512_bf16)"``
+    or ``"Intel Xeon ... (amx, avx512_bf16)"``: the same 2-core budget ran 2x-6x apart in bf16
+    across the machines we were given, so every figure should say where it came from."""
+    import platform
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    name = value.strip()
+                elif key.strip() in ("flags", "Features"):
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    feats = [f for f, keys in (("amx", ("amx_bf16",)), ("avx512_bf16", ("avx512_bf16",)),
+                                ("avx512", ("avx512f",)), ("avx2", ("avx2",))) if flags & set(keys)]
+    if "avx512_bf16" in feats or "amx" in feats:   # the widest features are what tell machines apart
+        feats = [f for f in feats if f not in ("avx512", "avx2")]
+    return f"{name} ({', '.join(feats)})" if feats else name
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5, device: str = "cpu") -> float:
@@ -182,4 +207,10 @@ def bench_model(name: str, T: int = 4, batch: int = 16, img_size: int = 32, num_
         train_img_s=batch / train_s, infer_img_s=batch / infer_s, peak_mem_mb=_peak_mem_mb(device),
         gflops_s=train_flops / train_s / 1e9, infer_gflops_s=infer_flops / infer_s / 1e9,
         peak_fp32_gflops_s=p32, peak_bf16_gflops_s=p16, train_gflop_per_step=train_flops / 1e9,
-        infer_gflop_per_step=infer_flops / 1e9, kernel=kernels.status())
+        infer_gflop_per_step=infer_flops / 1e9, kernel=kernels.status(), cpu=_where(device))
+
+
+def _where(device: str) -> str:
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return cpu_name() if str(device) == "cpu" else str(device)

@@ -272,7 +272,8 @@ def bench(name, T, batch, img_size, num_classes, precision, compile_, optimize, 
     precision = r.precision
     peak = r.peak_bf16_gflops_s if precision == "bf16" else r.peak_fp32_gflops_s
     click.echo(f"{name}: T={T} batch={batch} {img_size}x{img_size} {num_classes} classes, {precision}"
-               f"{', compiled' if compile_ else ''}{', optimized' if optimize else ''}, {r.threads} threads")
+               f"{', compiled' if compile_ else ''}{', optimized' if optimize else ''}, {r.threads} threads"
+               f"{f' on {r.cpu}' if r.cpu else ''}")
     click.echo(f"  train     {r.train_img_s:8.1f} img/s   {r.gflops_s:7.1f} GFLOP/s "
                f"({100 * r.gflops_s / peak:.0f} % of the {precision} matmul peak; {r.train_gflop_per_step:.1f} GFLOP/step)")
     click.echo(f"  inference {r.infer_img_s:8.1f} img/s   {r.infer_gflops_s:7.1f} GFLOP/s"

@@ -656,3 +656,24 @@ def test_bf16_lif_gradient_through_a_membrane_just_below_threshold():
     s.float().sum().backward()
     want = torch.tensor([d0 / 2, d1 / 2, d2 / 2], dtype=torch.float64)
     torch.testing.assert_close(x.grad[:, 0].double(), want, rtol=8e-3, atol=0)
+
+
+def test_cpu_name_reads_model_and_deciding_features(tmp_path):
+    """bench's `cpu` field from /proc/cpuinfo text as Linux writes it (x86 and arm64)."""
+    from spikeformers.bench import cpu_name
+
+    amd = tmp_path / "amd"
+    amd.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\n"
+                   "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n\nprocessor\t: 1\n")
+    intel = tmp_path / "intel"
+    intel.write_text("model name\t: Intel(R) Xeon(R) Platinum 8488C\n"
+                     "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n")
+    plain = tmp_path / "plain"
+    plain.write_text("model name\t: Intel(R) Core(TM) i5\nflags\t\t: fpu sse2 avx2\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd bf16 sve\n")
+    assert cpu_name(str(amd)) == "AMD EPYC 9R14 (avx512_bf16)"
+    assert cpu_name(str(intel)) == "Intel(R) Xeon(R) Platinum 8488C (amx, avx512_bf16)"
+    assert cpu_name(str(plain)) == "Intel(R) Core(TM) i5 (avx2)"
+    assert "(" not in cpu_name(str(arm)) and cpu_name(str(arm))          # no x86 features, still a name
+    assert cpu_name(str(tmp_path / "missing"))                             # no file: platform's name
