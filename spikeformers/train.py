@@ -316,6 +316,7 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train ``cfg.model`` on ``cfg.data``; returns the final metrics. Writes into ``cfg.out``:
     ``metrics.jsonl``, ``last.safetensors`` / ``best.safetensors`` (+ ``.json`` sidecars) and
     ``last.state.pt`` (optimizer, schedule position and RNG, for ``resume``)."""
+    from .bench import cpu_name
     _check_config(cfg)
     ctx = dist_utils.init_distributed()
     # every rank must train in the same format; "auto" may rest on a timing probe, so rank 0 decides
@@ -402,7 +403,8 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
         print(f"model {cfg.model}: {n_params:,} parameters, T={model.T}; data {cfg.data}: "
               f"{train_loader.num_samples * ctx.world_size} train / {n_test} test; {cfg.epochs} epochs, "
               f"batch {cfg.batch_size} x {ctx.world_size} process(es) x {cfg.accum_steps} accumulation, "
-              f"{cfg.optimizer}, {cfg.precision}, {torch.get_num_threads()} threads, device {ctx.device}")
+              f"{cfg.optimizer}, {cfg.precision}, {torch.get_num_threads()} threads, device {ctx.device}"
+              f"{f' ({cpu_name()})' if ctx.device.type == 'cpu' else ''}")
     metrics = {}
     t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
