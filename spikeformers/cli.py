@@ -92,7 +92,7 @@ def load_config_file(path) -> dict:
 @click.option("--data-dir", default=None, help="dataset folder (default: $SPIKEFORMERS_DATA or the system copy)")
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=2e-3, show_default=True, type=float, help="peak learning rate (AdamW)")
+@click.option("--lr", default=3e-3, show_default=True, type=float, help="peak learning rate (AdamW)")
 @click.option("--weight-decay", default=0.01, show_default=True, type=float)
 @click.option("--warmup-epochs", default=0.25, show_default=True, type=float)
 @click.option("--label-smoothing", default=0.1, show_default=True, type=float)

@@ -50,7 +50,7 @@ class TrainConfig:
     data_dir: str | None = None
     epochs: int = 10
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 3e-3             # session 7: seeds 0-2 of the default model 90.81-91.27 % vs 90.00-90.98 % at 2e-3
     min_lr: float = 1e-5
     weight_decay: float = 0.01
     warmup_epochs: float = 0.25

@@ -55,8 +55,9 @@ def a2os2a_8_768(**kw):
 def a2os2a_fmnist(**kw):
     """Small A²OS²A for 28x28x1 input (IPSPS stem, 7x7 tokens, D=192, one block; 647,218 parameters),
     sized so that `spikeformers train` reaches >= 90 % on Fashion-MNIST within 15 minutes on a 2-core
-    CPU. Measured (README, "Results"): on a 2-core AMD EPYC with AVX512-BF16 (bf16) 90.98 / 90.82 /
-    90.00 % over seeds 0-2 in 11.9-12.6 min (thin accuracy margin for some seeds); D=256 (sessions 5-6's default, ``embed_dim=256``) reached 91.33 % there but
+    CPU. Measured (README, "Results"): on a 2-core AMD EPYC with AVX512-BF16 (bf16), with the trainer's
+    default lr 3e-3, 90.81 / 91.27 / 90.80 % over seeds 0-2 (12.1 min for seed 0; lr 2e-3 gave 90.98 /
+    90.82 / 90.00 % in 11.9-12.6 min); D=256 (sessions 5-6's default, ``embed_dim=256``) reached 91.33 % there but
     took 18.6 min (91.4-91.5 % in 11.4-12.1 min on a Xeon with AMX). Choices made for that budget:
     the IPSPS stem of STMixer (an analog shortcut beside the spiking stem; the SPS stem at D=128 ended
     at 89.8-90.5 %, no margin), T=1 (the same accuracy per training step as T=2 or 4 in our runs, at
