@@ -4,7 +4,8 @@ zoo model against the machine's measured matmul peaks.
 What is timed (the same definition the SpikingJelly comparison in ``benchmarks/`` uses):
 
 - train step: forward on a ``[B, C, H, W]`` batch, cross-entropy, backward, SGD (momentum 0.9)
-  step (ours with torch's fused kernel, as ``spikeformers train`` builds it), ``zero_grad``; the model in train mode (BatchNorm batch statistics).
+  step (ours with torch's fused kernel, as ``spikeformers train`` builds it), ``zero_grad``; the
+  model in train mode (BatchNorm batch statistics).
 - inference: forward in eval mode under ``torch.inference_mode``.
 
 Each is warmed up, then timed ``reps`` times; the median is reported. GFLOP/s counts the

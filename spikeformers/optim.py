@@ -115,7 +115,8 @@ def build_optimizer(name: str, model_or_params, lr: float, weight_decay: float =
     update up to float rounding); ``False`` keeps the per-tensor loop."""
     params = (param_groups_weight_decay(model_or_params, weight_decay)
               if isinstance(model_or_params, torch.nn.Module) else model_or_params)
-    params = list(params)
+    # lists, not iterators: _fusable reads every group's tensors before the optimizer does
+    params = [dict(g, params=list(g["params"])) if isinstance(g, dict) else g for g in params]
     name = name.lower()
     if fused is None:
         fused = name in ("adamw", "adam", "sgd") and _fusable(params)

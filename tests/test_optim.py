@@ -83,3 +83,13 @@ def test_fused_step_matches_torch_per_tensor_loop(name):
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
     assert any(not torch.allclose(p, q) for p, q in zip(a.parameters(), start.parameters()))
+
+
+def test_build_optimizer_keeps_parameters_given_as_iterators():
+    """Groups whose "params" is a generator (torch accepts them) keep every tensor: the fused-step
+    check reads the tensors first and must not use the generator up."""
+    m = _net()
+    opt = build_optimizer("adamw", [{"params": m[0].parameters()}, {"params": m[2].parameters(), "lr": 0.1}], lr=1e-3)
+    assert [len(g["params"]) for g in opt.param_groups] == [1, 2]
+    opt = build_optimizer("sgd", m.parameters(), lr=1e-3)
+    assert sum(len(g["params"]) for g in opt.param_groups) == 5
