@@ -98,6 +98,8 @@ def load_config_file(path) -> dict:
 @click.option("--label-smoothing", default=0.1, show_default=True, type=float)
 @click.option("--T", "T", default=None, type=click.IntRange(min=1), help="time steps (default: the model's)")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--ema", default=0.0, show_default=True, type=float,
+              help="EMA decay of the weights, e.g. 0.9998 (0 = off); the EMA weights are evaluated and kept as best")
 @click.option("--out", default=None, help="folder for checkpoints and logs [default: runs/MODEL]")
 @click.option("--resume", is_flag=True, help="continue a killed run from OUT/last.safetensors")
 @click.option("--init-from", default=None, type=click.Path(exists=True, dir_okay=False),

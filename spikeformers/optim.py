@@ -1,4 +1,4 @@
-"""Optimizers torch does not ship: LAMB.
+"""Optimizers torch does not ship: LAMB; and an exponential moving average of the weights (EMA).
 
 LAMB (You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes",
 ICLR 2020, Algorithm 2), per parameter tensor x with gradient g at step t::
@@ -21,7 +21,7 @@ import math
 import torch
 from torch.optim import Optimizer
 
-__all__ = ["Lamb", "build_optimizer", "param_groups_weight_decay"]
+__all__ = ["Lamb", "build_optimizer", "param_groups_weight_decay", "ema_decay", "build_ema"]
 
 
 class Lamb(Optimizer):
@@ -132,3 +132,29 @@ def build_optimizer(name: str, model_or_params, lr: float, weight_decay: float =
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=kw.get("momentum", 0.9), **fuse)
     raise ValueError(f"unknown optimizer {name!r}; expected adamw, adam, lamb or sgd")
+
+
+def ema_decay(decay: float, n_averaged: int, warmup: bool = True) -> float:
+    """The EMA decay used at update ``n_averaged + 1``: ``decay``, or with ``warmup`` the smaller of
+    ``decay`` and ``(1 + n) / (10 + n)`` (the warm-up of TensorFlow's ExponentialMovingAverage
+    ``num_updates``), so that the average is not dominated by the random initial weights early on."""
+    return min(decay, (1.0 + n_averaged) / (10.0 + n_averaged)) if warmup else decay
+
+
+def build_ema(model: torch.nn.Module, decay: float, warmup: bool = True):
+    """A :class:`torch.optim.swa_utils.AveragedModel` holding ``ema <- d * ema + (1 - d) * w`` of
+    ``model``'s parameters and floating buffers (BatchNorm running statistics too), ``d`` given by
+    :func:`ema_decay`; integer buffers (BatchNorm's batch counter) are copied. Call
+    ``ema.update_parameters(model)`` after each optimizer step and evaluate ``ema.module``."""
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"EMA decay must be in (0, 1), e.g. 0.9998; got {decay}")
+    from torch.optim.swa_utils import AveragedModel
+
+    def update(ema_tensors, tensors, n_averaged):
+        d = ema_decay(decay, int(n_averaged), warmup)
+        if torch.is_floating_point(ema_tensors[0]):
+            torch._foreach_lerp_(ema_tensors, tensors, 1.0 - d)
+        else:
+            torch._foreach_copy_(ema_tensors, tensors)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)

@@ -1,5 +1,5 @@
 """The training and evaluation engine: AdamW / LAMB, warm-up + cosine schedule, label smoothing,
-mixup / cutmix, TET loss, gradient accumulation, bf16 autocast, seeded runs, a progress bar, a
+mixup / cutmix, TET loss, an EMA of the weights, gradient accumulation, bf16 autocast, seeded runs, a progress bar, a
 JSON-lines metrics log, atomic best/last checkpoints and ``resume`` of a killed run from its last
 checkpoint.
 
@@ -34,7 +34,7 @@ from .data import fashion_mnist as fmnist
 from .data.mixup import Mixup
 from .losses import classification_loss, tet_loss
 from .models import create_model
-from .optim import build_optimizer
+from .optim import build_ema, build_optimizer
 
 __all__ = ["TrainConfig", "fit", "evaluate", "build_data", "TrainingError", "resolve_precision"]
 
@@ -102,6 +102,7 @@ class TrainConfig:
     cache_dir: str | None = None
     workers: int = 2             # DataLoader worker processes (non-Fashion-MNIST data)
     sync_bn: bool = False        # SyncBatchNorm across processes (GPU only)
+    ema: float = 0.0             # EMA decay of the weights (e.g. 0.9998; 0 = off): evaluated, kept as best
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -315,7 +316,12 @@ def init_weights(model: torch.nn.Module, path: str, name: str) -> None:
 def fit(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train ``cfg.model`` on ``cfg.data``; returns the final metrics. Writes into ``cfg.out``:
     ``metrics.jsonl``, ``last.safetensors`` / ``best.safetensors`` (+ ``.json`` sidecars) and
-    ``last.state.pt`` (optimizer, schedule position and RNG, for ``resume``)."""
+    ``last.state.pt`` (optimizer, schedule position and RNG, for ``resume``).
+
+    With ``cfg.ema`` > 0 an exponential moving average of the weights (:func:`~spikeformers.optim.build_ema`)
+    is updated after every optimizer step and also written each epoch to ``ema.safetensors``; the
+    logged ``test_acc`` / ``test_loss`` are then the EMA weights' (the trained weights' are
+    ``test_acc_raw`` / ``test_loss_raw``), and ``best.safetensors`` holds the best EMA weights."""
     from .bench import cpu_name
     _check_config(cfg)
     ctx = dist_utils.init_distributed()
@@ -361,8 +367,8 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
     if cfg.resume and state_path.is_file():
         st = load_train_state(state_path)
         saved = st.get("config", {})
-        for key in ("model", "data", "epochs", "batch_size", "T", "seed"):
-            if saved.get(key) != getattr(cfg, key):
+        for key in ("model", "data", "epochs", "batch_size", "T", "seed", "ema"):
+            if saved.get(key, 0.0 if key == "ema" else None) != getattr(cfg, key):
                 raise TrainingError(f"cannot resume {out}: it was started with {key}={saved.get(key)!r}, "
                                     f"this run asks for {key}={getattr(cfg, key)!r}. Use the same options or a new --out.")
         weights, _ = read_checkpoint(out / "last.safetensors")
@@ -396,6 +402,7 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
             model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
         if cfg.compile:
             net = torch.compile(net)
+    ema = _make_ema(cfg, model, out, step, ctx.device)
 
     n_params = sum(p.numel() for p in model.parameters())
     if progress and start_epoch == 0:
@@ -446,6 +453,8 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
                 continue
             opt.step()
             opt.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
                             img_s=f"{seen / (time.perf_counter() - t0):.0f}", lr=f"{lr:.2e}", refresh=False)
@@ -457,24 +466,33 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
             dist_utils.barrier(ctx)
             continue
         ev = evaluate(model, test_loader, desc="test", progress=progress)
+        raw = {}
+        if ema is not None:
+            raw = {"test_loss_raw": ev["loss"], "test_acc_raw": ev["acc"]}
+            ev = evaluate(ema.module, test_loader, desc="test (EMA)", progress=progress)
         metrics = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
                    "train_acc": 100 * correct / max(seen, 1), "test_loss": ev["loss"], "test_acc": ev["acc"],
-                   "lr": lr, "train_img_s": seen / max(train_time, 1e-9), "epoch_time_s": train_time,
+                   **raw, "lr": lr, "train_img_s": seen / max(train_time, 1e-9), "epoch_time_s": train_time,
                    "elapsed_s": time.perf_counter() - t_start}
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         info_ck = {"epoch": epoch + 1, "step": step, "metrics": metrics, "train_config": asdict(cfg)}
         save_checkpoint(out / "last.safetensors", model, **info_ck)
+        kept = model
+        if ema is not None:
+            kept = ema.module
+            save_checkpoint(out / "ema.safetensors", kept, **info_ck, ema_decay=cfg.ema)
         if ev["acc"] > best_acc:
             best_acc = ev["acc"]
-            save_checkpoint(out / "best.safetensors", model, **info_ck)
+            save_checkpoint(out / "best.safetensors", kept, **info_ck)
         save_train_state(state_path, {"optimizer": opt.state_dict(), "epoch": epoch, "step": step,
                                       "best_acc": best_acc, "torch_rng": torch.get_rng_state(),
                                       "config": asdict(cfg)})
         dist_utils.barrier(ctx)
         if progress:
+            ema_txt = f" with EMA weights (raw {raw['test_acc_raw']:.2f} %)" if raw else ""
             print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {metrics['train_loss']:.4f} "
-                  f"acc {metrics['train_acc']:.2f} % | test loss {ev['loss']:.4f} acc {ev['acc']:.2f} % "
+                  f"acc {metrics['train_acc']:.2f} % | test loss {ev['loss']:.4f} acc {ev['acc']:.2f} %{ema_txt} "
                   f"(best {best_acc:.2f} %) | {metrics['train_img_s']:.0f} img/s")
     dist_utils.cleanup(ctx)
     if not ctx.is_main:
@@ -482,6 +500,24 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
     metrics["best_test_acc"] = best_acc
     metrics["wall_s"] = time.perf_counter() - t_start
     return metrics
+
+
+def _make_ema(cfg: TrainConfig, model: torch.nn.Module, out: Path, step: int, device):
+    """The EMA of ``model`` when ``cfg.ema`` is on (None otherwise); on a resumed run (``step`` > 0)
+    its weights come back from ``out/ema.safetensors``."""
+    if not cfg.ema:
+        return None
+    ema = build_ema(model, cfg.ema)
+    if step > 0:
+        path = out / "ema.safetensors"
+        if not path.is_file():
+            raise TrainingError(f"cannot resume {out} with ema={cfg.ema}: {path} is missing (was the run "
+                                "started without EMA?). Expected the EMA weights written by each epoch.")
+        weights, _ = read_checkpoint(path)
+        load_weights(ema.module, weights, source=str(path))
+        ema.module.to(device)
+        ema.n_averaged.fill_(step)
+    return ema
 
 
 def compute_loss(cfg: TrainConfig, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -501,5 +537,7 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {cfg.precision!r}")
     if cfg.eval_images is not None and cfg.eval_images < 1:
         raise ValueError(f"eval_images must be >= 1 (or None for the whole test set), got {cfg.eval_images}")
+    if cfg.ema and not 0.0 < cfg.ema < 1.0:
+        raise ValueError(f"ema must be a decay in (0, 1) such as 0.9998, or 0 for off; got {cfg.ema}")
     if cfg.sched_per not in ("step", "epoch"):
         raise ValueError(f"sched_per must be 'step' or 'epoch', got {cfg.sched_per!r}")
