@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from spikeformers.optim import Lamb, build_optimizer
+from spikeformers.optim import Lamb, build_ema, build_optimizer, ema_decay
 
 
 def test_lamb_single_step_by_hand():
@@ -93,3 +93,37 @@ def test_build_optimizer_keeps_parameters_given_as_iterators():
     assert [len(g["params"]) for g in opt.param_groups] == [1, 2]
     opt = build_optimizer("sgd", m.parameters(), lr=1e-3)
     assert sum(len(g["params"]) for g in opt.param_groups) == 5
+
+
+def test_ema_decay_warm_up_closed_form():
+    assert ema_decay(0.9998, 0) == pytest.approx(0.1)          # (1 + 0) / (10 + 0)
+    assert ema_decay(0.9998, 90) == pytest.approx(0.91)        # 91 / 100
+    assert ema_decay(0.9998, 10**6) == 0.9998                   # the warm-up has ended
+    assert ema_decay(0.9998, 0, warmup=False) == 0.9998
+
+
+def test_ema_follows_the_recursion_on_parameters_and_bn_statistics():
+    net = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
+    ema = build_ema(net, 0.5)
+    expect_w = expect_rm = None
+    for k in range(1, 7):
+        with torch.no_grad():
+            net[0].weight.fill_(float(k))
+            net[1].running_mean.fill_(10.0 * k)
+            net[1].num_batches_tracked.fill_(k)
+        ema.update_parameters(net)
+        if expect_w is None:      # the first update copies
+            expect_w, expect_rm = float(k), 10.0 * k
+        else:                     # then e <- d e + (1 - d) w, d = min(0.5, (1 + n) / (10 + n)), n = k - 1
+            d = min(0.5, k / (9.0 + k))
+            expect_w = d * expect_w + (1 - d) * k
+            expect_rm = d * expect_rm + (1 - d) * 10.0 * k
+        assert ema.module[0].weight.item() == pytest.approx(expect_w, rel=1e-6)
+        assert ema.module[1].running_mean.item() == pytest.approx(expect_rm, rel=1e-6)
+        assert ema.module[1].num_batches_tracked.item() == k   # integer buffers are copied
+    assert net[0].weight.item() == 6.0                           # the trained model is left alone
+
+
+def test_ema_rejects_a_decay_outside_0_1():
+    with pytest.raises(ValueError, match=r"decay must be in \(0, 1\)"):
+        build_ema(torch.nn.Linear(1, 1), 1.5)

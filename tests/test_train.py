@@ -225,3 +225,42 @@ def test_evaluate_flip_tta_averages_mirrored_logits():
     tta = evaluate(LeftHalf(), [(x, y)], progress=False, tta_flip=True)
     assert plain["acc"] == 75.0     # image 3 scores (0, 0): argmax picks class 0, wrong
     assert tta["acc"] == 100.0
+
+
+def test_ema_run_keeps_ema_weights_and_resumes(fake_fmnist, tmp_path, monkeypatch):
+    import spikeformers.train as tr
+    real_load = tr.load_fashion_mnist
+    monkeypatch.setattr(tr, "load_fashion_mnist", lambda s, d=None: tuple(t[:192] for t in real_load(s, d)))
+    full = tmp_path / "full"
+    m = fit(_cfg(fake_fmnist, full, ema=0.9), progress=False)
+    assert {"test_acc_raw", "test_loss_raw"} <= set(m)
+    ema_w, ema_meta = ck.read_checkpoint(full / "ema.safetensors")
+    raw_w, _ = ck.read_checkpoint(full / "last.safetensors")
+    assert ema_meta["ema_decay"] == 0.9
+    assert any(not torch.equal(ema_w[k], raw_w[k]) for k in raw_w)   # the average is not the last weights
+    # the reported test accuracy is the EMA weights' own (independently re-evaluated)
+    model, _ = ck.load_checkpoint(full / "ema.safetensors")
+    _, test, _ = tr.build_data(_cfg(fake_fmnist, full))
+    assert tr.evaluate(model, test, progress=False)["acc"] == pytest.approx(m["test_acc"])
+
+    # killed during epoch 2's first evaluation, then resumed: the same EMA as the uninterrupted run
+    out, calls, real_evaluate = tmp_path / "run", [], tr.evaluate
+
+    def killed(model, loader, **kw):
+        calls.append(1)
+        if len(calls) == 3:   # two evaluations (trained, EMA) per epoch
+            raise KeyboardInterrupt
+        return real_evaluate(model, loader, **kw)
+
+    monkeypatch.setattr(tr, "evaluate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        fit(_cfg(fake_fmnist, out, ema=0.9), progress=False)
+    monkeypatch.setattr(tr, "evaluate", real_evaluate)
+    fit(_cfg(fake_fmnist, out, ema=0.9, resume=True), progress=False)
+    b, _ = ck.read_checkpoint(out / "ema.safetensors")
+    for k in ema_w:
+        torch.testing.assert_close(ema_w[k].float(), b[k].float(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(TrainingError, match="ema=0.9, this run asks for ema=0.0"):
+        fit(_cfg(fake_fmnist, out, resume=True), progress=False)
+    with pytest.raises(ValueError, match="ema must be a decay in"):
+        fit(_cfg(fake_fmnist, tmp_path / "bad", ema=2.0), progress=False)
