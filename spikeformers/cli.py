@@ -134,7 +134,8 @@ def train(config_file, set_items, threads, **opts):
     m = fit(cfg)
     if not m:  # a non-zero rank under torchrun
         return
-    click.echo(f"done: best test accuracy {m['best_test_acc']:.2f} % in {m['wall_s'] / 60:.1f} min; "
+    raw = f" (EMA weights; the trained weights' best {m['best_test_acc_raw']:.2f} %)" if "best_test_acc_raw" in m else ""
+    click.echo(f"done: best test accuracy {m['best_test_acc']:.2f} %{raw} in {m['wall_s'] / 60:.1f} min; "
                f"checkpoints in {cfg.out}/ (best.safetensors, last.safetensors), log {cfg.out}/metrics.jsonl")
 
 

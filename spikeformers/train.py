@@ -362,7 +362,7 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
                       cfg.label_smoothing)
     autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
 
-    start_epoch, step, best_acc = 0, 0, -1.0
+    start_epoch, step, best_acc, best_raw = 0, 0, -1.0, -1.0
     state_path = out / "last.state.pt"
     if cfg.resume and state_path.is_file():
         st = load_train_state(state_path)
@@ -376,6 +376,7 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
         model.to(ctx.device)
         opt.load_state_dict(st["optimizer"])
         start_epoch, step, best_acc = st["epoch"] + 1, st["step"], st["best_acc"]
+        best_raw = st.get("best_acc_raw", -1.0)
         torch.set_rng_state(st["torch_rng"])
         if progress:
             print(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs} (step {step}, best {best_acc:.2f} %)")
@@ -469,6 +470,7 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
         raw = {}
         if ema is not None:
             raw = {"test_loss_raw": ev["loss"], "test_acc_raw": ev["acc"]}
+            best_raw = max(best_raw, ev["acc"])
             ev = evaluate(ema.module, test_loader, desc="test (EMA)", progress=progress)
         metrics = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
                    "train_acc": 100 * correct / max(seen, 1), "test_loss": ev["loss"], "test_acc": ev["acc"],
@@ -486,7 +488,7 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
             best_acc = ev["acc"]
             save_checkpoint(out / "best.safetensors", kept, **info_ck)
         save_train_state(state_path, {"optimizer": opt.state_dict(), "epoch": epoch, "step": step,
-                                      "best_acc": best_acc, "torch_rng": torch.get_rng_state(),
+                                      "best_acc": best_acc, "best_acc_raw": best_raw, "torch_rng": torch.get_rng_state(),
                                       "config": asdict(cfg)})
         dist_utils.barrier(ctx)
         if progress:
@@ -498,6 +500,8 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
     if not ctx.is_main:
         return {}
     metrics["best_test_acc"] = best_acc
+    if ema is not None:
+        metrics["best_test_acc_raw"] = best_raw
     metrics["wall_s"] = time.perf_counter() - t_start
     return metrics
 

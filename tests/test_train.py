@@ -233,7 +233,7 @@ def test_ema_run_keeps_ema_weights_and_resumes(fake_fmnist, tmp_path, monkeypatc
     monkeypatch.setattr(tr, "load_fashion_mnist", lambda s, d=None: tuple(t[:192] for t in real_load(s, d)))
     full = tmp_path / "full"
     m = fit(_cfg(fake_fmnist, full, ema=0.9), progress=False)
-    assert {"test_acc_raw", "test_loss_raw"} <= set(m)
+    assert {"test_acc_raw", "test_loss_raw", "best_test_acc_raw"} <= set(m)
     ema_w, ema_meta = ck.read_checkpoint(full / "ema.safetensors")
     raw_w, _ = ck.read_checkpoint(full / "last.safetensors")
     assert ema_meta["ema_decay"] == 0.9
@@ -264,3 +264,15 @@ def test_ema_run_keeps_ema_weights_and_resumes(fake_fmnist, tmp_path, monkeypatc
         fit(_cfg(fake_fmnist, out, resume=True), progress=False)
     with pytest.raises(ValueError, match="ema must be a decay in"):
         fit(_cfg(fake_fmnist, tmp_path / "bad", ema=2.0), progress=False)
+
+
+def test_cli_train_ema_flag(fake_fmnist, tmp_path, monkeypatch):
+    import spikeformers.train as tr
+    real_load = tr.load_fashion_mnist
+    monkeypatch.setattr(tr, "load_fashion_mnist", lambda s, d=None: tuple(t[:128] for t in real_load(s, d)))
+    out = tmp_path / "cli_ema"
+    r = CliRunner().invoke(main, ["train", "--data-dir", str(fake_fmnist), "--epochs", "1", "--T", "1", "--ema", "0.9",
+                                  "--out", str(out), "--model-kwargs", json.dumps(TINY)])
+    assert r.exit_code == 0, r.output
+    assert "EMA weights; the trained weights' best" in r.output
+    assert json.loads((out / "config.json").read_text())["ema"] == 0.9 and (out / "ema.safetensors").is_file()
