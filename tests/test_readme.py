@@ -73,3 +73,20 @@ def test_the_check_catches_a_wrong_flag():
     known = {o for p in cmd.params for o in p.opts}
     assert cmd.name == "train" and "--epoch" not in known and "--epochs" in known
     assert _resolve(["nope"])[0] is None
+
+
+def test_readme_benchmark_commands_name_real_scripts_and_flags():
+    root = README.parent
+    calls = re.findall(r"python (benchmarks/[\w]+\.py)([^`|\n]*)", README.read_text())
+    assert len(calls) > 10
+    problems = []
+    for script, args in calls:
+        path = root / script
+        if not path.is_file():
+            problems.append(f"{script} does not exist")
+            continue
+        source = path.read_text()
+        for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", args):
+            if f'"{flag}"' not in source and f"'{flag}'" not in source:
+                problems.append(f"{script} defines no option {flag}")
+    assert not problems, "\n".join(problems)
