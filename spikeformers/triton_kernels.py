@@ -12,6 +12,14 @@ the spikes and potentials are bit-identical to it. One detail of PyTorch's CUDA 
 number is reproduced: it multiplies by the float32 reciprocal (``x * (1/tau)``), so the kernels do
 the same. bfloat16 / float16 tensors are read and written in their dtype with the state in float32.
 
+A saved bfloat16 potential stays on the side of the threshold the float32 forward decided, as in the
+C kernels (``csrc/common.h``): rounding can carry 0.998 to 1.0, which would give the backward a reset
+mask that disagrees with the spikes, so the rounding is done on the bits (round to nearest even, as
+``Tensor.to(torch.bfloat16)``) and moved one bfloat16 step back where it crossed. Doing it on the
+bits also makes Triton's CPU interpreter (``TRITON_INTERPRET=1``, whose own float-to-bfloat16 cast
+truncates) store the same values as a GPU, so ``tests/test_triton_interpreter.py`` checks the kernels
+without a GPU. float16 potentials are stored by a plain cast (our trainer's GPU autocast is bf16).
+
 Imported lazily by :mod:`spikeformers.kernels` for CUDA tensors only; when Triton is missing or a
 launch fails, the plain loop runs instead.
 """
@@ -24,6 +32,28 @@ import triton
 import triton.language as tl
 
 _BLOCK = 1024
+
+
+@triton.jit
+def _bf16_bits(h):
+    """float32 -> bfloat16 bit pattern (uint32 holding 16 bits), round to nearest even; NaN stays NaN."""
+    b = h.to(tl.uint32, bitcast=True)
+    rounded = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+    return tl.where((b & 0x7FFFFFFF) > 0x7F800000, (b >> 16) | 0x40, rounded)
+
+
+@triton.jit
+def _store_side(ptr, h, vth, fired, mask, MAGNITUDE: tl.constexpr):
+    """Store the potential ``h`` in ``ptr``'s dtype; for bfloat16 on the side of ``vth`` that ``fired``
+    says (``MAGNITUDE``: the ternary neuron's |u| against vth; rounding keeps the sign)."""
+    if ptr.dtype.element_ty == tl.bfloat16:
+        b = _bf16_bits(h)
+        m = b & 0x7FFF if MAGNITUDE else b
+        wrong = ((m << 16).to(tl.float32, bitcast=True) >= vth) != fired
+        b = tl.where(wrong, tl.where(fired, b + 1, b - 1), b)
+        tl.store(ptr, b.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
+    else:
+        tl.store(ptr, h.to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -46,7 +76,7 @@ def _lif_fwd(x_ptr, s_ptr, h_ptr, T, N, inv_tau, c, r, vth, v0,
         fired = h >= vth
         tl.store(s_ptr + off, tl.where(fired, 1.0, 0.0).to(s_ptr.dtype.element_ty), mask=mask)
         if KEEP_H:
-            tl.store(h_ptr + off, h.to(h_ptr.dtype.element_ty), mask=mask)
+            _store_side(h_ptr + off, h, vth, fired, mask, MAGNITUDE=False)
         if RESET == 0:       # soft: h - s * vth
             v = tl.where(fired, h - vth, h)
         elif RESET == 1:     # hard to 0: h * (1 - s)
@@ -106,10 +136,11 @@ def _ternary_fwd(x_ptr, o_ptr, u_ptr, T, N, decay, vth, KEEP_U: tl.constexpr, BL
         x = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
         u = decay * u * (1.0 - tl.abs(o)) + x
         sgn = tl.where(u < 0.0, -1.0, 1.0)
-        o = tl.where(sgn * u - vth >= 0.0, sgn, 0.0)
+        fired = sgn * u - vth >= 0.0
+        o = tl.where(fired, sgn, 0.0)
         tl.store(o_ptr + off, o.to(o_ptr.dtype.element_ty), mask=mask)
         if KEEP_U:
-            tl.store(u_ptr + off, u.to(u_ptr.dtype.element_ty), mask=mask)
+            _store_side(u_ptr + off, u, vth, fired, mask, MAGNITUDE=True)
 
 
 @triton.jit
