@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 FMNIST_SYSTEM := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 
-.PHONY: setup data demo test test-all bench clean
+.PHONY: setup data demo test test-all test-triton bench clean
 
 setup: $(STAMP)
 
@@ -43,5 +43,20 @@ test: data
 test-all: data
 	$(PY) -m pytest -q -m ""
 
+# The Triton (GPU) neuron kernels under Triton's CPU interpreter, in a virtualenv of their own: the
+# Triton wheel is ~1 GB and stays out of the main environment. CI runs it after `make test`.
+TVENV ?= .venv-triton
+TSTAMP := $(TVENV)/.spikeformers-installed
+
+$(TSTAMP): pyproject.toml
+	test -x $(TVENV)/bin/python || python3 -m venv $(TVENV)
+	$(TVENV)/bin/python -m pip install -q --upgrade pip
+	$(TVENV)/bin/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(TVENV)/bin/python -m pip install -q -e ".[test,triton]"
+	touch $@
+
+test-triton: $(TSTAMP)
+	$(TVENV)/bin/python -m pytest -q tests/test_triton_interpreter.py
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(TVENV) runs .pytest_cache
