@@ -103,6 +103,7 @@ class TrainConfig:
     workers: int = 2             # DataLoader worker processes (non-Fashion-MNIST data)
     sync_bn: bool = False        # SyncBatchNorm across processes (GPU only)
     ema: float = 0.0             # EMA decay of the weights (e.g. 0.9998; 0 = off): evaluated, kept as best
+    ema_raw_every: int = 1       # with EMA: also test the trained weights every N epochs (and at the last)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -466,11 +467,13 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
         if not ctx.is_main:  # rank 0 evaluates, logs and writes checkpoints
             dist_utils.barrier(ctx)
             continue
-        ev = evaluate(model, test_loader, desc="test", progress=progress)
+        test_raw = ema is None or (epoch + 1) % cfg.ema_raw_every == 0 or epoch + 1 == cfg.epochs
+        ev = evaluate(model, test_loader, desc="test", progress=progress) if test_raw else None
         raw = {}
         if ema is not None:
-            raw = {"test_loss_raw": ev["loss"], "test_acc_raw": ev["acc"]}
-            best_raw = max(best_raw, ev["acc"])
+            if test_raw:
+                raw = {"test_loss_raw": ev["loss"], "test_acc_raw": ev["acc"]}
+                best_raw = max(best_raw, ev["acc"])
             ev = evaluate(ema.module, test_loader, desc="test (EMA)", progress=progress)
         metrics = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
                    "train_acc": 100 * correct / max(seen, 1), "test_loss": ev["loss"], "test_acc": ev["acc"],
@@ -492,7 +495,7 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
                                       "config": asdict(cfg)})
         dist_utils.barrier(ctx)
         if progress:
-            ema_txt = f" with EMA weights (raw {raw['test_acc_raw']:.2f} %)" if raw else ""
+            ema_txt = "" if ema is None else " with EMA weights" + (f" (raw {raw['test_acc_raw']:.2f} %)" if raw else "")
             print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {metrics['train_loss']:.4f} "
                   f"acc {metrics['train_acc']:.2f} % | test loss {ev['loss']:.4f} acc {ev['acc']:.2f} %{ema_txt} "
                   f"(best {best_acc:.2f} %) | {metrics['train_img_s']:.0f} img/s")
@@ -541,6 +544,8 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {cfg.precision!r}")
     if cfg.eval_images is not None and cfg.eval_images < 1:
         raise ValueError(f"eval_images must be >= 1 (or None for the whole test set), got {cfg.eval_images}")
+    if cfg.ema_raw_every < 1:
+        raise ValueError(f"ema_raw_every must be >= 1 (epochs), got {cfg.ema_raw_every}")
     if cfg.ema and not 0.0 < cfg.ema < 1.0:
         raise ValueError(f"ema must be a decay in (0, 1) such as 0.9998, or 0 for off; got {cfg.ema}")
     if cfg.sched_per not in ("step", "epoch"):

@@ -276,3 +276,16 @@ def test_cli_train_ema_flag(fake_fmnist, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert "EMA weights; the trained weights' best" in r.output
     assert json.loads((out / "config.json").read_text())["ema"] == 0.9 and (out / "ema.safetensors").is_file()
+
+
+def test_ema_raw_every_tests_the_trained_weights_on_those_epochs_and_the_last(fake_fmnist, tmp_path, monkeypatch):
+    import spikeformers.train as tr
+    real_load = tr.load_fashion_mnist
+    monkeypatch.setattr(tr, "load_fashion_mnist", lambda s, d=None: tuple(t[:128] for t in real_load(s, d)))
+    out = tmp_path / "every"
+    fit(_cfg(fake_fmnist, out, epochs=5, ema=0.9, ema_raw_every=2), progress=False)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [("test_acc_raw" in r) for r in rows] == [False, True, False, True, True]
+    assert all("test_acc" in r for r in rows)
+    with pytest.raises(ValueError, match="ema_raw_every must be >= 1"):
+        fit(_cfg(fake_fmnist, tmp_path / "bad", ema=0.9, ema_raw_every=0), progress=False)
