@@ -1,7 +1,7 @@
 """The training and evaluation engine: AdamW / LAMB, warm-up + cosine schedule, label smoothing,
-mixup / cutmix, TET loss, an EMA of the weights, gradient accumulation, bf16 autocast, seeded runs, a progress bar, a
-JSON-lines metrics log, atomic best/last checkpoints and ``resume`` of a killed run from its last
-checkpoint.
+mixup / cutmix, TET loss, an EMA of the weights, gradient accumulation, bf16 autocast, seeded runs,
+a progress bar, a JSON-lines metrics log, atomic best/last checkpoints and ``resume`` of a killed run
+from its last checkpoint.
 
 Multi-process: under ``torchrun --nproc_per_node N -m spikeformers train ...`` (``WORLD_SIZE`` > 1)
 the model is wrapped in DistributedDataParallel (NCCL on GPU, gloo on CPU), every rank reads its
@@ -491,8 +491,8 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
             best_acc = ev["acc"]
             save_checkpoint(out / "best.safetensors", kept, **info_ck)
         save_train_state(state_path, {"optimizer": opt.state_dict(), "epoch": epoch, "step": step,
-                                      "best_acc": best_acc, "best_acc_raw": best_raw, "torch_rng": torch.get_rng_state(),
-                                      "config": asdict(cfg)})
+                                      "best_acc": best_acc, "best_acc_raw": best_raw,
+                                      "torch_rng": torch.get_rng_state(), "config": asdict(cfg)})
         dist_utils.barrier(ctx)
         if progress:
             ema_txt = "" if ema is None else " with EMA weights" + (f" (raw {raw['test_acc_raw']:.2f} %)" if raw else "")
