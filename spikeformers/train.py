@@ -364,6 +364,7 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
     autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
 
     start_epoch, step, best_acc, best_raw = 0, 0, -1.0, -1.0
+    elapsed_before = 0.0  # wall seconds spent by the earlier processes of a resumed run
     state_path = out / "last.state.pt"
     if cfg.resume and state_path.is_file():
         st = load_train_state(state_path)
@@ -378,6 +379,7 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
         opt.load_state_dict(st["optimizer"])
         start_epoch, step, best_acc = st["epoch"] + 1, st["step"], st["best_acc"]
         best_raw = st.get("best_acc_raw", -1.0)
+        elapsed_before = st.get("elapsed_s", _logged_elapsed(out / "metrics.jsonl", st["epoch"] + 1))
         torch.set_rng_state(st["torch_rng"])
         if progress:
             print(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs} (step {step}, best {best_acc:.2f} %)")
@@ -478,7 +480,7 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
         metrics = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
                    "train_acc": 100 * correct / max(seen, 1), "test_loss": ev["loss"], "test_acc": ev["acc"],
                    **raw, "lr": lr, "train_img_s": seen / max(train_time, 1e-9), "epoch_time_s": train_time,
-                   "elapsed_s": time.perf_counter() - t_start}
+                   "elapsed_s": elapsed_before + time.perf_counter() - t_start}
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         info_ck = {"epoch": epoch + 1, "step": step, "metrics": metrics, "train_config": asdict(cfg)}
@@ -492,6 +494,7 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
             save_checkpoint(out / "best.safetensors", kept, **info_ck)
         save_train_state(state_path, {"optimizer": opt.state_dict(), "epoch": epoch, "step": step,
                                       "best_acc": best_acc, "best_acc_raw": best_raw,
+                                      "elapsed_s": metrics["elapsed_s"],
                                       "torch_rng": torch.get_rng_state(), "config": asdict(cfg)})
         dist_utils.barrier(ctx)
         if progress:
@@ -507,6 +510,15 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
         metrics["best_test_acc_raw"] = best_raw
     metrics["wall_s"] = time.perf_counter() - t_start
     return metrics
+
+
+def _logged_elapsed(metrics_path: Path, epoch: int) -> float:
+    """``elapsed_s`` of ``epoch`` in a run's metrics log: where a state file written before the state kept
+    the elapsed time (session 9) finds it; 0.0 when the log has no such line."""
+    if not metrics_path.is_file():
+        return 0.0
+    lines = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    return next((m.get("elapsed_s", 0.0) for m in reversed(lines) if m.get("epoch") == epoch), 0.0)
 
 
 def _make_ema(cfg: TrainConfig, model: torch.nn.Module, out: Path, step: int, device):

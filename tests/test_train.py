@@ -103,8 +103,12 @@ def test_fit_smoke_and_resume(fake_fmnist, tmp_path, monkeypatch):
     assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1
     for f in ("last.safetensors", "last.json", "best.safetensors", "last.state.pt"):
         assert (out / f).is_file()
+    first = json.loads(lines[0])
     resumed = fit(_cfg(fake_fmnist, out, resume=True), progress=False)
     assert resumed["epoch"] == 2 and resumed["step"] == 6
+    # the run's elapsed time goes on from the killed process's, it does not restart at 0
+    assert resumed["elapsed_s"] >= first["elapsed_s"] + resumed["epoch_time_s"]
+    assert resumed["wall_s"] < resumed["elapsed_s"]
     # a resumed run ends with the same weights as an uninterrupted one
     a, _ = ck.read_checkpoint(tmp_path / "full" / "last.safetensors")
     b, _ = ck.read_checkpoint(out / "last.safetensors")
@@ -289,3 +293,12 @@ def test_ema_raw_every_tests_the_trained_weights_on_those_epochs_and_the_last(fa
     assert all("test_acc" in r for r in rows)
     with pytest.raises(ValueError, match="ema_raw_every must be >= 1"):
         fit(_cfg(fake_fmnist, tmp_path / "bad", ema=0.9, ema_raw_every=0), progress=False)
+
+
+def test_logged_elapsed_reads_the_epoch_line(tmp_path):
+    # state files written before the state kept elapsed_s: the resume reads that epoch's metrics line
+    from spikeformers.train import _logged_elapsed
+    log = tmp_path / "metrics.jsonl"
+    assert _logged_elapsed(log, 1) == 0.0
+    log.write_text('{"epoch": 1, "elapsed_s": 10.5}\n{"epoch": 2, "elapsed_s": 21.0}\n\n')
+    assert _logged_elapsed(log, 2) == 21.0 and _logged_elapsed(log, 1) == 10.5 and _logged_elapsed(log, 3) == 0.0
