@@ -58,6 +58,7 @@ class BenchResult:
     infer_gflop_per_step: float
     kernel: str
     cpu: str = ""               # which CPU produced the figures (see :func:`cpu_name`)
+    infer_spike_rate: float = float("nan")   # nonzero outputs of the spiking neurons in the timed inference
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -164,7 +165,7 @@ def bench_model(name: str, T: int = 4, batch: int = 16, img_size: int = 32, num_
         optimize_model(model)
     x = torch.randn(batch, model.in_chans, img_size, img_size, device=device)
     y = torch.randint(0, num_classes, (batch,), device=device)
-    train_s = infer_s = float("nan")
+    train_s = infer_s = spike_rate = float("nan")
     train_flops = infer_flops = float("nan")
 
     if train:
@@ -199,6 +200,7 @@ def bench_model(name: str, T: int = 4, batch: int = 16, img_size: int = 32, num_
         infer_s = _time(infer_step, warmup + (2 if compile else 0), reps, device)
         with torch.no_grad(), _autocast(device, precision):
             infer_flops = step_flops(lambda: imodel(x))
+            spike_rate = spike_rate_of(imodel, x)
 
     p32 = matmul_peak(torch.float32, device=device) if peaks else float("nan")
     p16 = matmul_peak(torch.bfloat16, device=device) if peaks else float("nan")
@@ -208,7 +210,31 @@ def bench_model(name: str, T: int = 4, batch: int = 16, img_size: int = 32, num_
         train_img_s=batch / train_s, infer_img_s=batch / infer_s, peak_mem_mb=_peak_mem_mb(device),
         gflops_s=train_flops / train_s / 1e9, infer_gflops_s=infer_flops / infer_s / 1e9,
         peak_fp32_gflops_s=p32, peak_bf16_gflops_s=p16, train_gflop_per_step=train_flops / 1e9,
-        infer_gflop_per_step=infer_flops / 1e9, kernel=kernels.status(), cpu=_where(device))
+        infer_gflop_per_step=infer_flops / 1e9, kernel=kernels.status(), cpu=_where(device),
+        infer_spike_rate=spike_rate)
+
+
+def spike_rate_of(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Fraction of nonzero outputs over every spiking neuron (binary or ternary; not the ReLU "neuron")
+    in one forward pass of ``model`` on ``x``. Dense kernels cost the same at any rate, so the figure does
+    not change a timing; it says what the timed network did: a benchmark model at random initialisation
+    may hardly fire past its stem, where an event-driven kernel would look unrealistically fast."""
+    from .energy import _is_neuron
+    from .neurons import ReLUNeuron
+    counts = [0, 0]
+
+    def hook(_m, _inp, out):
+        counts[0] += int(torch.count_nonzero(out))
+        counts[1] += out.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if _is_neuron(m) and not isinstance(m, ReLUNeuron)]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return counts[0] / counts[1] if counts[1] else float("nan")
 
 
 def _where(device: str) -> str:

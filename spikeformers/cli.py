@@ -280,7 +280,7 @@ def bench(name, T, batch, img_size, num_classes, precision, compile_, optimize, 
     click.echo(f"  train     {r.train_img_s:8.1f} img/s   {r.gflops_s:7.1f} GFLOP/s "
                f"({100 * r.gflops_s / peak:.0f} % of the {precision} matmul peak; {r.train_gflop_per_step:.1f} GFLOP/step)")
     click.echo(f"  inference {r.infer_img_s:8.1f} img/s   {r.infer_gflops_s:7.1f} GFLOP/s"
-               f"{' (BatchNorm folded)' if fuse else ''}")
+               f"{' (BatchNorm folded)' if fuse else ''}; spiking neurons fired {100 * r.infer_spike_rate:.2f} % of outputs")
     click.echo(f"  peak memory {r.peak_mem_mb:.0f} MB; matmul peaks fp32 {r.peak_fp32_gflops_s:.0f}, "
                f"bf16 {r.peak_bf16_gflops_s:.0f} GFLOP/s; {r.kernel}")
 

@@ -4,6 +4,7 @@ gradients to rounding), 1x1-as-matmul + channels-last layers, BatchNorm folding,
 import contextlib
 import copy
 import json
+import math
 import os
 import subprocess
 import sys
@@ -173,6 +174,18 @@ def test_bench_cli_json():
     d = json.loads(r.output.strip().splitlines()[-1])
     for k in ("train_img_s", "infer_img_s", "peak_mem_mb", "gflops_s", "peak_bf16_gflops_s", "peak_fp32_gflops_s"):
         assert isinstance(d[k], float) and d[k] > 0, k
+    assert 0.0 <= d["infer_spike_rate"] <= 1.0
+
+
+def test_spike_rate_of_counts_spiking_neurons_only():
+    """One LIF step charges H = x / tau (tau 2, from rest): it fires where x >= 2; the ReLU "neuron"
+    after it is not a spiking neuron and is not counted, though its outputs are nonzero."""
+    from spikeformers.bench import spike_rate_of
+    from spikeformers.neurons import ReLUNeuron
+    x = torch.tensor([[[3.0, 2.5, 1.9, 0.5, -1.0, 4.0, 0.0, 1.0]]])   # [T=1, B=1, 8]: three at >= 2
+    net = torch.nn.Sequential(LIF(tau=2.0, v_threshold=1.0), ReLUNeuron())
+    assert spike_rate_of(net, x) == 3 / 8
+    assert math.isnan(spike_rate_of(torch.nn.Sequential(ReLUNeuron()), x))   # no spiking neuron: no rate
 
 
 def test_bench_cli_model_kwargs_reach_the_model():
