@@ -279,7 +279,29 @@ def test_cli_train_ema_flag(fake_fmnist, tmp_path, monkeypatch):
                                   "--out", str(out), "--model-kwargs", json.dumps(TINY)])
     assert r.exit_code == 0, r.output
     assert "EMA weights; the trained weights' best" in r.output
+    assert "over all processes" not in r.output   # one process: no total beside its wall time
     assert json.loads((out / "config.json").read_text())["ema"] == 0.9 and (out / "ema.safetensors").is_file()
+
+
+def test_cli_train_resumed_reports_the_time_over_all_processes(fake_fmnist, tmp_path, monkeypatch):
+    import spikeformers.train as tr
+    real_load, real_evaluate, calls = tr.load_fashion_mnist, tr.evaluate, []
+    monkeypatch.setattr(tr, "load_fashion_mnist", lambda s, d=None: tuple(t[:128] for t in real_load(s, d)))
+
+    def killed_in_epoch_2(model, loader, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(model, loader, **kw)
+
+    monkeypatch.setattr(tr, "evaluate", killed_in_epoch_2)
+    args = ["train", "--data-dir", str(fake_fmnist), "--epochs", "2", "--T", "1", "--out", str(tmp_path / "r"),
+            "--model-kwargs", json.dumps(TINY)]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code != 0 and (tmp_path / "r" / "last.state.pt").is_file()   # click reports "Aborted!"
+    r = CliRunner().invoke(main, args + ["--resume"])
+    assert r.exit_code == 0, r.output
+    assert "over all processes of the run" in r.output
 
 
 def test_ema_raw_every_tests_the_trained_weights_on_those_epochs_and_the_last(fake_fmnist, tmp_path, monkeypatch):
