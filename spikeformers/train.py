@@ -379,7 +379,8 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
         opt.load_state_dict(st["optimizer"])
         start_epoch, step, best_acc = st["epoch"] + 1, st["step"], st["best_acc"]
         best_raw = st.get("best_acc_raw", -1.0)
-        elapsed_before = st.get("elapsed_s", _logged_elapsed(out / "metrics.jsonl", st["epoch"] + 1))
+        elapsed_before = (st["elapsed_s"] if "elapsed_s" in st
+                          else _logged_elapsed(out / "metrics.jsonl", st["epoch"] + 1))
         torch.set_rng_state(st["torch_rng"])
         if progress:
             print(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs} (step {step}, best {best_acc:.2f} %)")

@@ -74,6 +74,22 @@ def _cfg(fake, out, **kw):
     return TrainConfig(**base)
 
 
+def _die_at_evaluation(monkeypatch, n):
+    """Make the n-th call of ``train.evaluate`` raise KeyboardInterrupt (the process killed there);
+    returns the real ``evaluate`` for the caller to put back."""
+    import spikeformers.train as tr
+    real_evaluate, calls = tr.evaluate, []
+
+    def killed(model, loader, **kw):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real_evaluate(model, loader, **kw)
+
+    monkeypatch.setattr(tr, "evaluate", killed)
+    return real_evaluate
+
+
 def test_fit_smoke_and_resume(fake_fmnist, tmp_path, monkeypatch):
     # 2 epochs of 3 steps each: shrink the data so a run takes seconds.
     import spikeformers.train as tr
@@ -86,16 +102,7 @@ def test_fit_smoke_and_resume(fake_fmnist, tmp_path, monkeypatch):
     monkeypatch.setattr(tr, "load_fashion_mnist", small)
     out = tmp_path / "run"
     full = fit(_cfg(fake_fmnist, tmp_path / "full"), progress=False)
-    calls = []
-
-    def killed_in_epoch_2(model, loader, **kw):  # the process dies during epoch 2's evaluation
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_evaluate(model, loader, **kw)
-
-    real_evaluate = tr.evaluate
-    monkeypatch.setattr(tr, "evaluate", killed_in_epoch_2)
+    real_evaluate = _die_at_evaluation(monkeypatch, 2)   # the process dies during epoch 2's evaluation
     with pytest.raises(KeyboardInterrupt):
         fit(_cfg(fake_fmnist, out), progress=False)
     monkeypatch.setattr(tr, "evaluate", real_evaluate)
@@ -248,15 +255,8 @@ def test_ema_run_keeps_ema_weights_and_resumes(fake_fmnist, tmp_path, monkeypatc
     assert tr.evaluate(model, test, progress=False)["acc"] == pytest.approx(m["test_acc"])
 
     # killed during epoch 2's first evaluation, then resumed: the same EMA as the uninterrupted run
-    out, calls, real_evaluate = tmp_path / "run", [], tr.evaluate
-
-    def killed(model, loader, **kw):
-        calls.append(1)
-        if len(calls) == 3:   # two evaluations (trained, EMA) per epoch
-            raise KeyboardInterrupt
-        return real_evaluate(model, loader, **kw)
-
-    monkeypatch.setattr(tr, "evaluate", killed)
+    out = tmp_path / "run"
+    real_evaluate = _die_at_evaluation(monkeypatch, 3)   # two evaluations (trained, EMA) per epoch
     with pytest.raises(KeyboardInterrupt):
         fit(_cfg(fake_fmnist, out, ema=0.9), progress=False)
     monkeypatch.setattr(tr, "evaluate", real_evaluate)
@@ -285,16 +285,9 @@ def test_cli_train_ema_flag(fake_fmnist, tmp_path, monkeypatch):
 
 def test_cli_train_resumed_reports_the_time_over_all_processes(fake_fmnist, tmp_path, monkeypatch):
     import spikeformers.train as tr
-    real_load, real_evaluate, calls = tr.load_fashion_mnist, tr.evaluate, []
+    real_load = tr.load_fashion_mnist
     monkeypatch.setattr(tr, "load_fashion_mnist", lambda s, d=None: tuple(t[:128] for t in real_load(s, d)))
-
-    def killed_in_epoch_2(model, loader, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_evaluate(model, loader, **kw)
-
-    monkeypatch.setattr(tr, "evaluate", killed_in_epoch_2)
+    _die_at_evaluation(monkeypatch, 2)   # killed in epoch 2; the resumed process passes the count
     args = ["train", "--data-dir", str(fake_fmnist), "--epochs", "2", "--T", "1", "--out", str(tmp_path / "r"),
             "--model-kwargs", json.dumps(TINY)]
     first = CliRunner().invoke(main, args)
