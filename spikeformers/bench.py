@@ -59,6 +59,8 @@ class BenchResult:
     kernel: str
     cpu: str = ""               # which CPU produced the figures (see :func:`cpu_name`)
     infer_spike_rate: float = float("nan")   # nonzero outputs of the spiking neurons in the timed inference
+    int8: bool = False          # inference with int8 products (speed.quantize_int8) where inputs are spikes
+    infer_float_img_s: float = float("nan")  # with int8: the same inference with float (bf16/fp32) products
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -146,18 +148,25 @@ def bench_model(name: str, T: int = 4, batch: int = 16, img_size: int = 32, num_
                 precision: str = "auto", compile: bool = False, optimize: bool = True, fuse: bool = True,
                 warmup: int = 2, reps: int = 5, device: str = "cpu", peaks: bool = True,
                 train: bool = True, infer: bool = True, seed: int = 0,
-                model_kwargs: dict | None = None) -> BenchResult:
+                model_kwargs: dict | None = None, int8: bool | None = None) -> BenchResult:
     """Measure ``name`` (a registered model, with ``model_kwargs`` overriding its config) at
     ``[batch, in_chans, img_size, img_size]``; ``precision="auto"`` takes the faster format as
-    training does (``train.resolve_precision``)."""
+    training does (``train.resolve_precision``). ``int8`` (default: on a CPU whose PyTorch has
+    oneDNN's int8 operators) times inference with :func:`speed.quantize_int8` (int8 weights, exact
+    spike inputs; an approximation like bf16, see the README) and also reports the same inference
+    with float products as ``infer_float_img_s``."""
     from . import kernels
     from .train import resolve_precision
     from .models import create_model
     from .optim import build_optimizer
-    from .speed import fuse as fuse_bn, optimize as optimize_model
+    from .speed import fuse as fuse_bn, int8_available, optimize as optimize_model, quantize_int8
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
     precision = resolve_precision(precision, torch.device(device))
+    if int8 is None:
+        int8 = device == "cpu" and int8_available()
+    elif int8 and (device != "cpu" or not int8_available()):
+        raise ValueError(f"int8 inference needs a CPU with PyTorch's oneDNN int8 operators (device {device!r})")
     torch.manual_seed(seed)
     model = create_model(name, **{"T": T, "img_size": img_size, "num_classes": num_classes,
                                   **(model_kwargs or {})}).to(device)
@@ -165,7 +174,7 @@ def bench_model(name: str, T: int = 4, batch: int = 16, img_size: int = 32, num_
         optimize_model(model)
     x = torch.randn(batch, model.in_chans, img_size, img_size, device=device)
     y = torch.randint(0, num_classes, (batch,), device=device)
-    train_s = infer_s = spike_rate = float("nan")
+    train_s = infer_s = spike_rate = infer_float_s = float("nan")
     train_flops = infer_flops = float("nan")
 
     if train:
@@ -189,17 +198,27 @@ def bench_model(name: str, T: int = 4, batch: int = 16, img_size: int = 32, num_
         imodel = copy.deepcopy(model).eval()
         if fuse:
             fuse_bn(imodel)
+        if int8:                  # rounds the folded float32 weights, before any bf16 cast
+            qmodel = quantize_int8(copy.deepcopy(imodel))
         if precision == "bf16":   # weights cast once, not at every call by autocast (same values)
             imodel.to(torch.bfloat16)
-        inet = torch.compile(imodel) if compile else imodel
+            if int8:
+                qmodel.to(torch.bfloat16)
 
-        def infer_step():
-            with torch.inference_mode(), _autocast(device, precision):
-                inet(x)
+        def infer_time(m: torch.nn.Module) -> float:
+            net = torch.compile(m) if compile else m
 
-        infer_s = _time(infer_step, warmup + (2 if compile else 0), reps, device)
+            def infer_step():
+                with torch.inference_mode(), _autocast(device, precision):
+                    net(x)
+
+            return _time(infer_step, warmup + (2 if compile else 0), reps, device)
+
+        infer_s = infer_time(qmodel if int8 else imodel)
+        if int8:
+            infer_float_s = infer_time(imodel)
         with torch.no_grad(), _autocast(device, precision):
-            infer_flops = step_flops(lambda: imodel(x))
+            infer_flops = step_flops(lambda: imodel(x))   # the same products, counted on the float model
             spike_rate = spike_rate_of(imodel, x)
 
     p32 = matmul_peak(torch.float32, device=device) if peaks else float("nan")
@@ -211,7 +230,7 @@ def bench_model(name: str, T: int = 4, batch: int = 16, img_size: int = 32, num_
         gflops_s=train_flops / train_s / 1e9, infer_gflops_s=infer_flops / infer_s / 1e9,
         peak_fp32_gflops_s=p32, peak_bf16_gflops_s=p16, train_gflop_per_step=train_flops / 1e9,
         infer_gflop_per_step=infer_flops / 1e9, kernel=kernels.status(), cpu=_where(device),
-        infer_spike_rate=spike_rate)
+        infer_spike_rate=spike_rate, int8=int8, infer_float_img_s=batch / infer_float_s)
 
 
 def spike_rate_of(model: torch.nn.Module, x: torch.Tensor) -> float:

@@ -256,13 +256,16 @@ def convert(official, source, kwargs_json, out):
 @click.option("--compile/--no-compile", "compile_", default=False, help="torch.compile the model (slow to build)")
 @click.option("--optimize/--no-optimize", default=True, help="1x1 convs as matmuls, channels-last")
 @click.option("--fuse/--no-fuse", default=True, help="fold BatchNorm into the convs for inference")
+@click.option("--int8/--no-int8", default=None,
+              help="inference with int8 products where a layer's input is spikes (weights rounded per channel; "
+                   "README 'Performance' for the accuracy); default: on for a CPU with oneDNN's int8 operators")
 @click.option("--reps", default=5, type=click.IntRange(min=1), help="timed repetitions (median)")
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="torch CPU threads (default: all cores)")
 @click.option("--device", default="cpu", help="cpu or cuda")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @click.option("--model-kwargs", default=None, help='JSON of extra model kwargs, e.g. \'{"embed_dim": 192}\'')
-def bench(name, T, batch, img_size, num_classes, precision, compile_, optimize, fuse, reps, threads, device, as_json,
-          model_kwargs):
+def bench(name, T, batch, img_size, num_classes, precision, compile_, optimize, fuse, int8, reps, threads, device,
+          as_json, model_kwargs):
     """Train / inference images per second, peak memory and achieved GFLOP/s of a model, against
     this machine's measured fp32 and bf16 matmul peaks."""
     import torch
@@ -271,7 +274,7 @@ def bench(name, T, batch, img_size, num_classes, precision, compile_, optimize, 
         torch.set_num_threads(threads)
     r = bench_model(name, T=T, batch=batch, img_size=img_size, num_classes=num_classes, precision=precision,
                     compile=compile_, optimize=optimize, fuse=fuse, reps=reps, device=device,
-                    model_kwargs=_json_object(model_kwargs, "--model-kwargs"))
+                    model_kwargs=_json_object(model_kwargs, "--model-kwargs"), int8=int8)
     if as_json:
         click.echo(json.dumps(r.to_dict()))
         return
@@ -284,6 +287,8 @@ def bench(name, T, batch, img_size, num_classes, precision, compile_, optimize, 
                f"({100 * r.gflops_s / peak:.0f} % of the {precision} matmul peak; {r.train_gflop_per_step:.1f} GFLOP/step)")
     click.echo(f"  inference {r.infer_img_s:8.1f} img/s   {r.infer_gflops_s:7.1f} GFLOP/s"
                f"{' (BatchNorm folded)' if fuse else ''}; spiking neurons fired {100 * r.infer_spike_rate:.2f} % of outputs")
+    if r.int8:
+        click.echo(f"            (int8 products on spike inputs; with {precision} products: {r.infer_float_img_s:.1f} img/s)")
     click.echo(f"  peak memory {r.peak_mem_mb:.0f} MB; matmul peaks fp32 {r.peak_fp32_gflops_s:.0f}, "
                f"bf16 {r.peak_bf16_gflops_s:.0f} GFLOP/s; {r.kernel}")
 

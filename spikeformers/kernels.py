@@ -42,9 +42,9 @@ import torch
 __all__ = ["available", "status", "supports", "disabled", "lif_forward", "lif_backward",
            "ternary_forward", "ternary_backward", "batchnorm_supports", "batchnorm_forward",
            "batchnorm_backward", "bnlif_supports", "bnlif_forward", "maxpool_supports", "maxpool_forward",
-           "maxpool_backward"]
+           "maxpool_backward", "to_uint8_exact"]
 
-_SRCS = [Path(__file__).with_name("csrc") / f for f in ("neurons.c", "batchnorm.c", "pool.c")]
+_SRCS = [Path(__file__).with_name("csrc") / f for f in ("neurons.c", "batchnorm.c", "pool.c", "convert.c")]
 _COMMON = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp"]   # -fopenmp dropped if unsupported
 _STRICT = _COMMON + ["-ffp-contract=off", "-fno-fast-math"]   # forward: bit-identical to the loop
 _FAST = _COMMON + ["-ffast-math", "-fno-finite-math-only", "-fopenmp-simd"]  # backward: vector expf
@@ -130,8 +130,9 @@ def _declare(lib) -> None:
                                                          f, f, f, f]
         getattr(lib, f"maxpool_forward_{suf}").argtypes = [p, p, p] + [i64] * 8 + [i, i, i]
         getattr(lib, f"maxpool_backward_{suf}").argtypes = [p, p, p] + [i64] * 8 + [i, i, i]
+        getattr(lib, f"to_uint8_exact_{suf}").argtypes = [p, p, p, i64, i64]
         for n in ("lif_forward", "lif_backward", "ternary_forward", "ternary_backward", "bn_forward", "bn_backward",
-                  "bnlif_forward", "maxpool_forward", "maxpool_backward"):
+                  "bnlif_forward", "maxpool_forward", "maxpool_backward", "to_uint8_exact"):
             getattr(lib, f"{n}_{suf}").restype = None
 
 
@@ -147,7 +148,7 @@ class _Lib:
         self._name, self._strict = strict._name, strict
         for suf in ("f32", "bf16"):
             for n in ("lif_forward", "ternary_forward", "bn_forward", "bnlif_forward", "maxpool_forward",
-                      "maxpool_backward"):
+                      "maxpool_backward", "to_uint8_exact"):
                 setattr(self, f"{n}_{suf}", getattr(strict, f"{n}_{suf}"))
             for n in ("lif_backward", "ternary_backward", "bn_backward"):
                 setattr(self, f"{n}_{suf}", getattr(fast, f"{n}_{suf}"))
@@ -493,6 +494,24 @@ def maxpool_backward(grad_y: torch.Tensor, arg: torch.Tensor, in_shape, dtype, k
                (grad_y.data_ptr(), arg.data_ptr(), gx.data_ptr(), N, H, W, C, Ho, Wo), (k, s, p),
                parallel=N * H * W * C >= _PAR_MIN)
     return gx
+
+
+def to_uint8_exact(x: torch.Tensor) -> torch.Tensor | None:
+    """``x`` (a CPU float32 / bfloat16 tensor, dense in any dimension order) as uint8 with the same
+    strides, when every value is an integer in [0, 255] (binary spikes, spike counts), else None.
+    One pass in C when the kernels are loaded; PyTorch's cast and a comparison otherwise."""
+    dense = x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
+    if dense and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and _enabled \
+            and not torch.compiler.is_compiling() and available():
+        y = torch.empty_like(x, dtype=torch.uint8)
+        bad = torch.zeros(1, dtype=torch.int32)
+        _run_range(getattr(_lib, f"to_uint8_exact_{_suffix(x)}"), x.numel(),
+                   (x.data_ptr(), y.data_ptr(), bad.data_ptr()), (), unit=64, parallel=x.numel() >= _PAR_MIN)
+        return None if bad.item() else y
+    if not (x.is_floating_point() and bool(((x >= 0) & (x <= 255)).all())):
+        return None
+    y = x.to(torch.uint8)
+    return y if torch.equal(y.to(x.dtype), x) else None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,6 +24,11 @@ channels-last memory, BatchNorm folding for inference, and the settings the trai
   ``nn.Identity``. Only pairs named ``<x>_conv<i>`` / ``<x>_linear<i>`` -> ``<x>_bn<i>`` in the
   same module are folded (the models build conv -> BN adjacently under these names); any other
   BatchNorm stays as it is and is reported.
+- :func:`quantize_int8` (inference, after :func:`fuse`): every conv / linear layer computes in int8
+  (weights symmetric per output channel, int32 sums through oneDNN) whenever its input holds
+  integers in [0, 255] (binary spikes: exact in uint8), and in floating point otherwise. The
+  weights' rounding changes the membranes, so this is an approximation like bf16, not an exact
+  path: its accuracy change is measured in the README ("Performance").
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from torch.nn.modules import module as _module
 from . import kernels
 
 __all__ = ["MatmulConv1d", "MatmulConv2d", "SmallMapConv2d", "FastMaxPool2d", "FastBatchNorm2d", "TokenBatchNorm1d",
-           "bn_fire", "keep_freed_memory", "optimize", "fuse", "unfused_batchnorms"]
+           "bn_fire", "keep_freed_memory", "optimize", "fuse", "unfused_batchnorms", "Int8Products", "int8_available", "quantize_int8"]
 
 
 class MatmulConv2d(nn.Conv2d):
@@ -67,6 +72,13 @@ class MatmulConv1d(nn.Conv1d):
         return F.linear(x.transpose(1, 2).contiguous(), self.weight.flatten(1), self.bias).transpose(1, 2)
 
 
+def _tap_matrix(w: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    co, ci = w.shape[:2]
+    wt = w.permute(0, 2, 3, 1).contiguous()          # [co, ky, kx, ci]: every slice below is ci-inner
+    return torch.cat([wt[:, 1 - py:1 - py + H, 1 - px:1 - px + W].reshape(co, H * W * ci)
+                      for py in range(H) for px in range(W)])
+
+
 class _TapMatrix(torch.autograd.Function):
     """The weight of a 3x3 / stride 1 / padding 1 convolution on an ``H x W`` map (H, W <= 2) as
     one dense matrix ``[(p, co), (q, ci)]``: output position p = (py, px) sees input position
@@ -77,10 +89,7 @@ class _TapMatrix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w, H, W):
         ctx.H, ctx.W = H, W
-        co, ci = w.shape[:2]
-        wt = w.permute(0, 2, 3, 1).contiguous()          # [co, ky, kx, ci]: every slice below is ci-inner
-        return torch.cat([wt[:, 1 - py:1 - py + H, 1 - px:1 - px + W].reshape(co, H * W * ci)
-                          for py in range(H) for px in range(W)])
+        return _tap_matrix(w, H, W)
 
     @staticmethod
     def backward(ctx, g):
@@ -412,3 +421,155 @@ def _no_train(self, mode: bool = True):
 def unfused_batchnorms(model: nn.Module) -> list[str]:
     """Names of the BatchNorms :func:`fuse` left in place."""
     return [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+class Int8Products(nn.Module):
+    """Inference wrapper of one ``nn.Linear`` / ``nn.Conv1d`` (kernel 1) / ``nn.Conv2d`` (and the
+    speed variants above) whose products run in int8 when the input allows it exactly.
+
+    The weight is rounded to int8 per output channel, ``w ~= s_o * q_o`` with ``s_o = max|w_o| / 127``;
+    an input whose every value is an integer in [0, 255] (spikes, spike counts) is taken as uint8
+    without loss, oneDNN sums ``x * q`` in int32 (exact), and the output is ``s_o * sum + bias`` in
+    the input's dtype (or autocast's). So the only approximation is the weight's rounding. Any other
+    input (the image of a stem, a real-valued attention output, a ternary spike, gradients enabled)
+    goes through the wrapped float layer unchanged; ``int8_calls`` / ``float_calls`` count the two.
+    The int8 weight is rebuilt if the float weight changes in place."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        if not _int8_eligible(layer):
+            raise TypeError(f"Int8Products wraps a Linear, a kernel-1 Conv1d or a zero-padded Conv2d, got {layer}")
+        self.layer = layer
+        self.int8_calls = self.float_calls = 0
+        self._key = None
+        if isinstance(layer, nn.Linear):
+            self._kind = "linear"
+        elif isinstance(layer, nn.Conv1d):
+            self._kind = "conv1d"
+        elif layer.kernel_size == (1, 1) and layer.stride == (1, 1) and layer.padding == (0, 0) and layer.groups == 1:
+            self._kind = "pointwise"          # a matrix product over the channels-last token matrix
+        elif isinstance(layer, SmallMapConv2d):
+            self._kind = "smallmap"           # one matrix product on maps of at most 2x2, else the conv
+        else:
+            self._kind = "conv"
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("layer"), name)   # stride, kernel_size, ... of the layer
+
+    def _pack(self) -> None:
+        w = self.layer.weight
+        key = (w.data_ptr(), w._version, w.dtype)
+        if key == self._key:
+            return
+        w32 = w.detach().float()
+        scale = (w32.flatten(1).abs().amax(1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
+        q = torch.round(w32 / scale.view(-1, *[1] * (w32.dim() - 1))).clamp_(-127, 127).to(torch.int8)
+        self._scale, self._zp = scale, torch.zeros(scale.numel(), dtype=torch.int64)
+        b = self.layer.bias
+        self._bias = None if b is None else b.detach().float()
+        self._q, self._taps = q, {}
+        if self._kind in ("conv", "smallmap"):
+            L = self.layer
+            self._packed = torch.ops.onednn.qconv_prepack(q.contiguous(memory_format=torch.channels_last), scale, 1.0,
+                                                          0, list(L.stride), list(L.padding), list(L.dilation),
+                                                          L.groups, None)
+        else:
+            self._packed = torch.ops.onednn.qlinear_prepack(q.flatten(1), None)
+        self._key = key
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xi = None
+        if x.device.type == "cpu" and not (torch.is_grad_enabled() and (x.requires_grad or self.layer.weight.requires_grad)):
+            xin = self._int8_input(x)
+            xi = None if xin is None else kernels.to_uint8_exact(xin)
+        if xi is None:
+            self.float_calls += 1
+            return self.layer(x)
+        self.int8_calls += 1
+        self._pack()
+        out_dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        if self._kind == "smallmap" and xi.shape[1] <= 2 and xi.shape[2] <= 2:
+            return self._small_map(xi, out_dtype)
+        if self._kind in ("conv", "smallmap"):
+            L = self.layer
+            return torch.ops.onednn.qconv2d_pointwise(xi, 1.0, 0, self._packed, self._scale, self._zp, self._bias,
+                                                      list(L.stride), list(L.padding), list(L.dilation), L.groups,
+                                                      1.0, 0, out_dtype, "none", [], "")
+        y = torch.ops.onednn.qlinear_pointwise(xi.flatten(0, -2), 1.0, 0, self._packed, self._scale, self._zp,
+                                               self._bias, 1.0, 0, out_dtype, "none", [], "")
+        y = y.view(*xi.shape[:-1], y.shape[-1])
+        if self._kind == "pointwise":
+            return y.permute(0, 3, 1, 2)                  # channels-last NCHW, as MatmulConv2d returns
+        return y.transpose(1, 2) if self._kind == "conv1d" else y
+
+    def _small_map(self, xi: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        """SmallMapConv2d's matrix product ``[B, H*W*Cin] x [H*W*Cin, H*W*Cout]`` in int8 (xi is
+        the channels-last input as ``[B, H, W, Cin]``); the tap matrix's rows are the int8 taps of
+        their output channel, so its scales are the channel's (oneDNN's 3x3 int8 convolution took
+        33 ms for sdt_8_384's one [64, 384, 2, 2] map, against 0.3 ms for this product)."""
+        B, H, W, _ = xi.shape
+        if (H, W) not in self._taps:
+            taps = _tap_matrix(self._q, H, W)
+            bias = None if self._bias is None else self._bias.repeat(H * W)
+            self._taps[H, W] = (torch.ops.onednn.qlinear_prepack(taps, None), self._scale.repeat(H * W),
+                                self._zp.repeat(H * W), bias)
+        packed, scale, zp, bias = self._taps[H, W]
+        y = torch.ops.onednn.qlinear_pointwise(xi.reshape(B, -1), 1.0, 0, packed, scale, zp, bias, 1.0, 0,
+                                               out_dtype, "none", [], "")
+        return y.view(B, H, W, -1).permute(0, 3, 1, 2)
+
+    def _int8_input(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The layer's input as oneDNN takes it (channels innermost), or None where the wrapped layer
+        would not read it so (wrong rank: the float layer then raises its own error)."""
+        if self._kind == "linear":
+            return x.contiguous()
+        if self._kind == "conv1d":
+            return x.transpose(1, 2).contiguous() if x.dim() == 3 else None
+        if x.dim() != 4:
+            return None
+        x = x.contiguous(memory_format=torch.channels_last)
+        small = self._kind == "smallmap" and x.shape[-2] <= 2 and x.shape[-1] <= 2
+        return x.permute(0, 2, 3, 1) if self._kind == "pointwise" or small else x
+
+    def extra_repr(self) -> str:
+        return f"int8 calls {self.int8_calls}, float calls {self.float_calls}"
+
+
+def _int8_eligible(m: nn.Module) -> bool:
+    if isinstance(m, nn.Linear):
+        return True
+    if isinstance(m, nn.Conv1d):
+        return m.kernel_size == (1,) and m.stride == (1,) and m.padding == (0,) and m.groups == 1
+    return isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str)
+
+
+def int8_available() -> bool:
+    """Whether this PyTorch has the oneDNN int8 operators :class:`Int8Products` calls (x86 CPU builds)."""
+    import platform
+    return (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.onednn, "qlinear_pointwise") and hasattr(torch.ops.onednn, "qconv2d_pointwise"))
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Wrap every eligible layer of an eval-mode ``model`` (call :func:`fuse` first, so that the
+    folded weights are the ones rounded) in :class:`Int8Products`, in place; returns the model with
+    ``model.int8_layers`` set to the count. CPU only: needs PyTorch's oneDNN int8 operators (x86).
+    The products' int8 weights are an approximation: see the README for the accuracy it costs."""
+    if model.training:
+        raise ValueError("quantize_int8() is for inference: call model.eval() (and fuse()) first")
+    if not int8_available():
+        raise RuntimeError("int8 products need an x86 CPU build of PyTorch with oneDNN's int8 operators "
+                           "(torch.ops.onednn.qlinear_pointwise / qconv2d_pointwise)")
+    n = 0
+    for parent in list(model.modules()):
+        if isinstance(parent, Int8Products):
+            continue
+        for name, child in list(parent.named_children()):
+            if _int8_eligible(child) and not isinstance(parent, Int8Products):
+                setattr(parent, name, Int8Products(child))
+                n += 1
+    model.int8_layers = n
+    return model
