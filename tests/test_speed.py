@@ -690,3 +690,31 @@ def test_cpu_name_reads_model_and_deciding_features(tmp_path):
     assert cpu_name(str(plain)) == "Intel(R) Core(TM) i5 (avx2)"
     assert "(" not in cpu_name(str(arm)) and cpu_name(str(arm))          # no x86 features, still a name
     assert cpu_name(str(tmp_path / "missing"))                             # no file: platform's name
+
+
+@pytest.mark.parametrize("name", ["sdt_2_256_cifar", "qkformer_10_384", "spikformer_2_384_cifar"])
+def test_stem_convolves_a_repeated_image_once(name):
+    """Direct coding repeats one image over T; in eval mode without gradients the stem's first conv
+    runs on B images instead of T*B (layers.static_conv). The logits equal those of the same images
+    given as T explicit frames (which take the merged path), with neurons that do fire."""
+    from spikeformers.bench import spike_rate_of
+
+    torch.manual_seed(0)
+    model = create_model(name, T=3, img_size=16 if name.startswith("sdt") else 32, num_classes=10)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            torch.nn.init.constant_(m.weight, 3.0)      # membranes reach the thresholds
+            torch.nn.init.constant_(m.bias, 0.3)
+    model.eval()
+    x = torch.randn(4, 3, model.img_size, model.img_size)
+    frames = x.unsqueeze(1).expand(4, 3, *x.shape[1:]).clone()
+    seen = []
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    first.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    for fused in (False, True):
+        net = fuse(optimize(copy.deepcopy(model)).eval()) if fused else model
+        with torch.no_grad():
+            a, b = net(x), net(frames)
+        assert torch.equal(a, b)
+    assert seen[0] == 4 and seen[1] == 12                # once per image, then per frame
+    assert spike_rate_of(model, x) > 0.01

@@ -46,7 +46,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import MaxPool, SpikingModel, conv_bn_fire, lif, seq
+from ..layers import MaxPool, SpikingModel, conv_bn_fire, lif, seq, static_conv
 from .registry import register_model
 from .spikformer import ConvMLP, ConvSSA
 
@@ -66,7 +66,8 @@ def _run(parent: nn.Module, name: str, x: torch.Tensor, pool: bool = False) -> t
     conv, bn = getattr(parent, f"{name}_conv"), getattr(parent, f"{name}_bn")
     if not pool:
         return conv_bn_fire(conv, bn, getattr(parent, f"{name}_lif"), x)
-    return getattr(parent, f"{name}_lif")(seq(lambda z: parent.pool(bn(conv(z))), x))
+    y = parent.pool(bn(static_conv(conv, x, bn)))
+    return getattr(parent, f"{name}_lif")(y.reshape(x.shape[0], -1, *y.shape[1:]))
 
 
 class PatchEmbedInit(nn.Module):
