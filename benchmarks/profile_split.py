@@ -1,11 +1,12 @@
 """Where a train step's (or inference's) CPU time goes: convolutions / linear layers, neurons,
 BatchNorm, attention products, the rest.
 
-    python benchmarks/profile_split.py --model sdt_8_384 [--precision bf16|fp32] [--infer]
+    python benchmarks/profile_split.py --model sdt_8_384 [--precision bf16|fp32] [--infer [--int8]]
                                        [--no-optimize] [--threads 2]
 
 Attribution is by the profiler's self time per operator: ``conv`` = oneDNN convolutions and the
-dense matmuls of 1x1 convs / linears (``mm``, ``addmm``) with their backward; ``attention`` = the
+dense matmuls of 1x1 convs / linears (``mm``, ``addmm``) with their backward, and with ``--int8``
+oneDNN's int8 products (``int8 input`` is the exact conversion of their spike inputs); ``attention`` = the
 batched products ``bmm`` (Q K^T V and friends); ``neurons`` = the fused neuron kernel's autograd
 nodes and, at inference, its ``spikeformers::*`` calls (or the elementwise ops of the plain loop,
 counted under ``elementwise``); ``batchnorm`` (PyTorch's and the C kernel's); the self time of an
@@ -26,7 +27,8 @@ from torch.profiler import profile
 
 CATS = [
     ("conv", ("mkldnn_convolution", "convolution_backward", "aten::mm", "aten::addmm", "aten::_convolution",
-              "_TapMatrix")),
+              "_TapMatrix", "onednn::qlinear", "onednn::qconv")),
+    ("int8 input", ("spikeformers::to_uint8",)),
     ("bn+lif", ("_BatchNormLIF", "spikeformers::bnlif")),
     ("attention", ("aten::bmm", "aten::baddbmm")),
     ("neurons", ("_FusedLIF", "_FusedTernary", "_HeavisideBackward", "_Heaviside", "spikeformers::lif",
@@ -52,6 +54,8 @@ def main() -> None:
     ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     ap.add_argument("--infer", action="store_true", help="profile inference instead of a train step")
     ap.add_argument("--no-optimize", action="store_true")
+    ap.add_argument("--int8", action="store_true",
+                    help="inference with int8 products (speed.quantize_int8), as spikeformers bench times it")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--top", type=int, default=0, help="also print the N operators with the most self time")
@@ -61,7 +65,7 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     from spikeformers.models import create_model
-    from spikeformers.speed import fuse, optimize
+    from spikeformers.speed import fuse, optimize, quantize_int8
     model = create_model(a.model, T=4, img_size=32, num_classes=10)
     if not a.no_optimize:
         optimize(model)
@@ -72,6 +76,8 @@ def main() -> None:
         model.eval()
         if not a.no_optimize:
             fuse(model)
+            if a.int8:
+                quantize_int8(model)
             if a.precision == "bf16":
                 model.to(torch.bfloat16)   # as spikeformers bench: weights cast once
 
@@ -95,7 +101,8 @@ def main() -> None:
         split[category(ev.key)] += ev.self_cpu_time_total
     total = sum(split.values())
     print(f"{a.model} {'inference' if a.infer else 'train step'}, {a.precision}, "
-          f"{'plain layers' if a.no_optimize else 'optimized'}, {torch.get_num_threads()} threads: "
+          f"{'plain layers' if a.no_optimize else 'optimized'}{', int8 products' if a.int8 else ''}, "
+          f"{torch.get_num_threads()} threads: "
           f"{total / a.steps / 1e3:.0f} ms per step (profiled)")
     for cat, t in sorted(split.items(), key=lambda kv: -kv[1]):
         print(f"  {cat:12s} {100 * t / total:5.1f} %  {t / a.steps / 1e3:7.1f} ms")
