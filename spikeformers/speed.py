@@ -411,6 +411,7 @@ def fuse(model: nn.Module) -> nn.Module:
                     break
     model.fused_batchnorms = n
     model.train = _no_train.__get__(model)
+    nn.Module.train(model, False)        # the new nn.Identity modules too (a module starts in training mode)
     return model
 
 
@@ -578,7 +579,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
             continue
         for name, child in list(parent.named_children()):
             if _int8_eligible(child) and not isinstance(parent, Int8Products):
-                setattr(parent, name, Int8Products(child))
+                setattr(parent, name, Int8Products(child).train(False))
                 n += 1
     model.int8_layers = n
     return model
