@@ -17,7 +17,7 @@ from torch import nn
 from .neurons import LIF
 from .speed import bn_fire
 
-__all__ = ["seq", "conv_bn_fire", "static_conv", "lif", "MaxPool", "SPS", "IPSPS", "SpikingMLP", "SpikingModel", "trunc_normal_init"]
+__all__ = ["seq", "conv_bn_fire", "seq_once", "lif", "MaxPool", "SPS", "IPSPS", "SpikingMLP", "SpikingModel", "trunc_normal_init"]
 
 
 def seq(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -30,25 +30,25 @@ def conv_bn_fire(conv: Callable, bn: nn.Module, neuron: nn.Module, x: torch.Tens
     """``neuron(seq(bn . conv, x))`` for ``x[T, B, ...]``: the conv on the merged view, then BatchNorm
     and the neuron as one fused kernel where :func:`spikeformers.speed.bn_fire` can (a training step
     of a :func:`~spikeformers.speed.optimize`-d model on CPU), else exactly that composition.
-    A stem's image repeated over T (see :func:`static_conv`) is convolved once."""
-    return bn_fire(bn, neuron, static_conv(conv, x, bn), x.shape[0])
+    A stem's image repeated over T (see :func:`seq_once`) is convolved once."""
+    mods = [m for m in (conv, bn) if isinstance(m, nn.Module)]
+    return bn_fire(bn, neuron, seq_once(conv, x, *mods), x.shape[0])
 
 
-def static_conv(conv: Callable, x: torch.Tensor, *others: nn.Module) -> torch.Tensor:
-    """``conv(x.flatten(0, 1))``. When ``x[T, B, ...]`` is one input repeated over T (direct coding:
-    :meth:`SpikingModel.to_time_first` hands a stride-0 view) and nothing learns or gathers batch
-    statistics (no gradients; ``conv`` and ``others``, e.g. the BatchNorm that follows, in eval
-    mode), the conv runs on one step and its output is copied T times, in its own memory layout:
-    the same values (each sample is convolved alone either way; ``tests/test_speed.py`` checks the
-    logits), a T-th of the stem's first convolution, and no copy of the repeated image."""
+def seq_once(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *modules: nn.Module) -> torch.Tensor:
+    """``fn(x.flatten(0, 1))``, merged ``[T*B, ...]``, for a per-sample ``fn`` built from ``modules``.
+    When ``x[T, B, ...]`` is one input repeated over T (direct coding: :meth:`SpikingModel.to_time_first`
+    hands a stride-0 view) and nothing learns or gathers batch statistics (no gradients, every module
+    in eval mode), ``fn`` runs on one step and its output is copied T times, in its own memory layout:
+    the same values (each sample is processed alone either way; ``tests/test_speed.py`` checks the
+    logits), a T-th of the stem's first convolution (and pooling), and no copy of the repeated image."""
     T = x.shape[0]
-    mods = [m for m in (conv, *others) if isinstance(m, nn.Module)]
-    if T > 1 and x.stride(0) == 0 and not torch.is_grad_enabled() and not any(m.training for m in mods):
-        y = conv(x[0])
-        if y.is_contiguous() or y.is_contiguous(memory_format=torch.channels_last):
+    if T > 1 and x.stride(0) == 0 and not torch.is_grad_enabled() and not any(m.training for m in modules):
+        y = fn(x[0])
+        if y.is_contiguous() or (y.dim() == 4 and y.is_contiguous(memory_format=torch.channels_last)):
             out = torch.empty_strided((T, *y.shape), (y.numel(), *y.stride()), dtype=y.dtype, device=y.device)
             return out.copy_(y.unsqueeze(0).expand(T, *y.shape)).flatten(0, 1)
-    return conv(x.flatten(0, 1))
+    return fn(x.flatten(0, 1))
 
 
 def lif(v_threshold: float = 1.0, **kw) -> LIF:

@@ -695,7 +695,7 @@ def test_cpu_name_reads_model_and_deciding_features(tmp_path):
 @pytest.mark.parametrize("name", ["sdt_2_256_cifar", "qkformer_10_384", "spikformer_2_384_cifar"])
 def test_stem_convolves_a_repeated_image_once(name):
     """Direct coding repeats one image over T; in eval mode without gradients the stem's first conv
-    runs on B images instead of T*B (layers.static_conv). The logits equal those of the same images
+    runs on B images instead of T*B (layers.seq_once). The logits equal those of the same images
     given as T explicit frames (which take the merged path), with neurons that do fire."""
     from spikeformers.bench import spike_rate_of
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import MaxPool, SpikingModel, conv_bn_fire, lif, seq, static_conv
+from ..layers import MaxPool, SpikingModel, conv_bn_fire, lif, seq, seq_once
 from .registry import register_model
 from .spikformer import ConvMLP, ConvSSA
 
@@ -66,7 +66,7 @@ def _run(parent: nn.Module, name: str, x: torch.Tensor, pool: bool = False) -> t
     conv, bn = getattr(parent, f"{name}_conv"), getattr(parent, f"{name}_bn")
     if not pool:
         return conv_bn_fire(conv, bn, getattr(parent, f"{name}_lif"), x)
-    y = parent.pool(bn(static_conv(conv, x, bn)))
+    y = seq_once(lambda z: parent.pool(bn(conv(z))), x, conv, bn)   # pooled before any repeat over T
     return getattr(parent, f"{name}_lif")(y.reshape(x.shape[0], -1, *y.shape[1:]))
 
 
