@@ -124,6 +124,7 @@ def test_quantize_int8_on_a_zoo_model():
     model = fuse(optimize(model).eval())
     n_layers = sum(isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)) for m in model.modules())
     quantize_int8(model)
+    assert not any(m.training for m in model.modules())   # the new wrappers and Identity modules too
     with torch.no_grad():
         out = model(torch.randn(3, 3, 16, 16))
     assert out.shape == (3, 10) and torch.isfinite(out).all()
