@@ -198,7 +198,7 @@ def bench_model(name: str, T: int = 4, batch: int = 16, img_size: int = 32, num_
         imodel = copy.deepcopy(model).eval()
         if fuse:
             fuse_bn(imodel)
-        if int8:                  # rounds the folded float32 weights, before any bf16 cast
+        if int8:                  # int8 weights rounded at the first call, from the (bf16) folded weights
             qmodel = quantize_int8(copy.deepcopy(imodel))
         if precision == "bf16":   # weights cast once, not at every call by autocast (same values)
             imodel.to(torch.bfloat16)

@@ -437,7 +437,8 @@ class Int8Products(nn.Module):
     the input's dtype (or autocast's). So the only approximation is the weight's rounding. Any other
     input (the image of a stem, a real-valued attention output, a ternary spike, gradients enabled)
     goes through the wrapped float layer unchanged; ``int8_calls`` / ``float_calls`` count the two.
-    The int8 weight is rebuilt if the float weight changes in place."""
+    The int8 weight is rounded from the layer's weight as it is at the first int8 call (its bf16
+    values where the model was cast) and rebuilt whenever that weight changes."""
 
     def __init__(self, layer: nn.Module):
         super().__init__()
