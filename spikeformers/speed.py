@@ -435,7 +435,7 @@ class Int8Products(nn.Module):
     an input whose every value is an integer in [0, 255] (spikes, spike counts) is taken as uint8
     without loss, oneDNN sums ``x * q`` in int32 (exact), and the output is ``s_o * sum + bias`` in
     the input's dtype (or autocast's). So the only approximation is the weight's rounding. Any other
-    input (the image of a stem, a real-valued attention output, a ternary spike, gradients enabled)
+    input (the image of a stem, a time-averaged feature, a ternary spike, gradients enabled)
     goes through the wrapped float layer unchanged; ``int8_calls`` / ``float_calls`` count the two.
     The int8 weight is rounded from the layer's weight as it is at the first int8 call (its bf16
     values where the model was cast) and rebuilt whenever that weight changes."""
