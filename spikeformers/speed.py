@@ -536,7 +536,7 @@ class Int8Products(nn.Module):
         """The layer's input as oneDNN takes it (channels innermost), or None where the wrapped layer
         would not read it so (wrong rank: the float layer then raises its own error)."""
         if self._kind == "linear":
-            return x.contiguous()
+            return x.contiguous() if x.dim() >= 2 else None
         if self._kind == "conv1d":
             return x.transpose(1, 2).contiguous() if x.dim() == 3 else None
         if x.dim() != 4:
