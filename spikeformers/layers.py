@@ -30,9 +30,10 @@ def conv_bn_fire(conv: Callable, bn: nn.Module, neuron: nn.Module, x: torch.Tens
     """``neuron(seq(bn . conv, x))`` for ``x[T, B, ...]``: the conv on the merged view, then BatchNorm
     and the neuron as one fused kernel where :func:`spikeformers.speed.bn_fire` can (a training step
     of a :func:`~spikeformers.speed.optimize`-d model on CPU), else exactly that composition.
-    A stem's image repeated over T (see :func:`seq_once`) is convolved once."""
-    mods = [m for m in (conv, bn) if isinstance(m, nn.Module)]
-    return bn_fire(bn, neuron, seq_once(conv, x, *mods), x.shape[0])
+    A stem's image repeated over T (see :func:`seq_once`) is convolved once (a conv given as a plain
+    function, whose modules cannot be inspected, always runs on the merged view)."""
+    y = seq_once(conv, x, conv, bn) if isinstance(conv, nn.Module) else conv(x.flatten(0, 1))
+    return bn_fire(bn, neuron, y, x.shape[0])
 
 
 def seq_once(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *modules: nn.Module) -> torch.Tensor:
