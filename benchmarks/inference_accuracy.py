@@ -1,6 +1,6 @@
 """Fashion-MNIST test accuracy of a trained checkpoint through the inference fast paths: the plain
 float32 model, the optimized + BatchNorm-folded float32 model, the same with bf16 weights under
-bf16 autocast (what ``spikeformers bench --infer-precision bf16`` times), and that with int8
+bf16 autocast (what ``spikeformers bench --no-int8`` times), and that with int8
 products (``speed.quantize_int8``, what ``spikeformers bench`` times by default on a CPU).
 
     python benchmarks/inference_accuracy.py runs/fmnist_default_s7/best.safetensors [...]

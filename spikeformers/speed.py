@@ -322,12 +322,15 @@ def _as_input_layout(grad: torch.Tensor) -> torch.Tensor:
     return grad.squeeze(-1).transpose(1, 2).contiguous().transpose(1, 2).unsqueeze(-1)
 
 
-def _is_pointwise(m: nn.Module) -> bool:
-    if type(m) not in (nn.Conv1d, nn.Conv2d):
-        return False
-    k = m.kernel_size
-    return (all(v == 1 for v in k) and all(v == 1 for v in m.stride) and all(v == 0 for v in m.padding)
+def _pointwise_shape(m: nn.Conv1d | nn.Conv2d) -> bool:
+    """A kernel-1 convolution that is a matrix product over the channels (stride 1, no padding,
+    dilation or groups)."""
+    return (all(v == 1 for v in m.kernel_size) and all(v == 1 for v in m.stride) and all(v == 0 for v in m.padding)
             and all(v == 1 for v in m.dilation) and m.groups == 1 and m.padding_mode == "zeros")
+
+
+def _is_pointwise(m: nn.Module) -> bool:
+    return type(m) in (nn.Conv1d, nn.Conv2d) and _pointwise_shape(m)
 
 
 def optimize(model: nn.Module, matmul_1x1: bool = True, channels_last: bool = True) -> nn.Module:
@@ -451,7 +454,7 @@ class Int8Products(nn.Module):
             self._kind = "linear"
         elif isinstance(layer, nn.Conv1d):
             self._kind = "conv1d"
-        elif layer.kernel_size == (1, 1) and layer.stride == (1, 1) and layer.padding == (0, 0) and layer.groups == 1:
+        elif _pointwise_shape(layer):
             self._kind = "pointwise"          # a matrix product over the channels-last token matrix
         elif isinstance(layer, SmallMapConv2d):
             self._kind = "smallmap"           # one matrix product on maps of at most 2x2, else the conv
@@ -553,7 +556,7 @@ def _int8_eligible(m: nn.Module) -> bool:
     if isinstance(m, nn.Linear):
         return True
     if isinstance(m, nn.Conv1d):
-        return m.kernel_size == (1,) and m.stride == (1,) and m.padding == (0,) and m.groups == 1
+        return _pointwise_shape(m)
     return isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str)
 
 
