@@ -410,6 +410,118 @@ def test_kernels_share_torch_openmp_threads():
         torch.set_num_threads(n)
 
 
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", [(64, 48, 16, 16), (96, 96, 8, 4), (40, 20, 7, 5)], ids=str)
+def test_batchnorm_kernels_split_rows_or_channels_alike(dtype, shape):
+    """With few channels the BatchNorm kernels split the rows across threads (block sums added in
+    block order), else the channels: BatchNorm forward, BatchNorm + LIF forward and BatchNorm
+    backward give the same bits on 1 thread (the serial channel loop) and on 2."""
+    if not kernels._load().openmp:
+        pytest.skip("kernels built without OpenMP (Python splits the channels)")
+    torch.manual_seed(0)
+    x = (torch.randn(shape) * 2 + 0.5).to(dtype).contiguous(memory_format=torch.channels_last)
+    gy = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
+    w, b = torch.rand(shape[1]) + 0.5, torch.randn(shape[1]) * 0.1
+    neuron = LIF(v_threshold=0.5)
+    n, results = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            y, mean, var, rstd = kernels.batchnorm_forward(x, w, b, 1e-5)
+            grads = kernels.batchnorm_backward(gy, x, w, mean, rstd)
+            s, hs, *stats = kernels.bnlif_forward(x, w, b, 1e-5, neuron, 4, keep_h=True)
+            results.append([y, mean, var, rstd, *grads, s, hs, *stats])
+    finally:
+        torch.set_num_threads(n)
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
+    assert 0.05 < results[0][7].float().mean() < 0.95   # the neuron fires
+
+
+def _projection_units(attn, names):
+    return [(getattr(attn, f"{n}_conv"), getattr(attn, f"{n}_bn"), getattr(attn, f"{n}_lif")) for n in names]
+
+
+def _merged_case(kind):
+    """An attention module (optimized, trained BN settings) and a spike input for its Q/K/V."""
+    from spikeformers.attention import SpikeDrivenSelfAttention
+    from spikeformers.models.qkformer import TokenQKAttention
+    from spikeformers.models.spikformer import ConvSSA
+    torch.manual_seed(0)
+    if kind == "conv2d":     # SDSA's Q, K, V: 1x1 Conv2d + BatchNorm2d on [T, B, C, H, W] channels-last
+        attn, names = SpikeDrivenSelfAttention(32, 4), "qkv"
+        x = (torch.rand(4 * 3, 32, 3, 5) < 0.4).float().contiguous(memory_format=torch.channels_last)
+        x = x.view(4, 3, 32, 3, 5)
+    else:                    # Spikformer SSA / QKFormer QKTA: Conv1d(k=1) + BatchNorm1d on [T, B, C, N]
+        attn, names = (ConvSSA(32, 4), "qkv") if kind == "conv1d" else (TokenQKAttention(32, 4), "qk")
+        x = (torch.rand(4, 3, 15, 32) < 0.4).float().transpose(-1, -2)
+    optimize(attn)
+    for n in names:
+        with torch.no_grad():
+            getattr(attn, f"{n}_bn").bias.uniform_(0.5, 1.5)   # membranes that cross the threshold
+    return attn, names, x
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", ["conv2d", "conv1d", "qk"])
+def test_merged_projections_equal_separate(kind, monkeypatch):
+    """fire_many (one stacked product, one BatchNorm + LIF call) against each projection alone
+    (conv_bn_fire), float32, two training steps: the same spikes and running statistics, and the
+    gradients of the input, the weights and the BatchNorm parameters to float32 rounding (the
+    stacked product may sum in another order)."""
+    from spikeformers import speed
+    from spikeformers.layers import conv_bn_fire, fire_many
+    attn, names, x = _merged_case(kind)
+    ref = copy.deepcopy(attn)
+    merged = []
+    real = speed._ProjectFire.apply
+    monkeypatch.setattr(speed._ProjectFire, "apply", lambda *a: merged.append(1) or real(*a))
+    for step in range(2):
+        outs = []
+        for mod, fused in ((attn, True), (ref, False)):
+            xi = x.clone().requires_grad_()
+            units = _projection_units(mod, names)
+            spikes = fire_many(units, xi) if fused else [conv_bn_fire(*u, xi) for u in units]
+            g = [torch.randn(s.shape, generator=torch.Generator().manual_seed(i)) for i, s in enumerate(spikes)]
+            torch.autograd.backward(spikes, g)
+            grads = [xi.grad] + [p.grad.clone() for u in units for m in u[:2] for p in m.parameters()]
+            outs.append((spikes, grads))
+            mod.zero_grad()
+        (s1, g1), (s2, g2) = outs
+        for a, b in zip(s1, s2):
+            assert a.shape == b.shape and a.stride() == b.stride()
+            assert torch.equal(a, b)
+            assert 0.05 < a.mean() < 0.95
+        for a, b in zip(g1, g2):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+    assert len(merged) == 2
+    for k, v in ref.state_dict().items():
+        assert torch.equal(attn.state_dict()[k], v), k
+
+
+@needs_kernel
+def test_merged_projections_fall_back():
+    """fire_merged declines (the caller then runs each projection) under a hook, with unlike
+    neurons, in eval mode and without gradients; the results still equal conv_bn_fire's."""
+    from spikeformers.layers import conv_bn_fire, fire_many
+    from spikeformers.speed import fire_merged
+    attn, names, x = _merged_case("conv2d")
+    units = _projection_units(attn, names)
+    assert fire_merged(units, x) is not None
+    h = attn.k_conv.register_forward_hook(lambda *a: None)
+    assert fire_merged(units, x) is None
+    h.remove()
+    attn.v_lif.v_threshold = 0.7
+    assert fire_merged(units, x) is None
+    assert all(torch.equal(a, conv_bn_fire(*u, x)) for a, u in zip(fire_many(units, x), units))
+    attn.v_lif.v_threshold = attn.q_lif.v_threshold
+    with torch.no_grad():
+        assert fire_merged(units, x) is None
+    attn.eval()
+    assert fire_merged(units, x) is None
+
+
 def _bn_lif_pair(C, token, **lif_kw):
     torch.manual_seed(0)
     make = (lambda: TokenBatchNorm1d(C)) if token else (lambda: FastBatchNorm2d(C))
@@ -545,15 +657,15 @@ def test_small_map_conv_equals_conv(hw, bias):
 
 
 @needs_kernel
+@pytest.mark.parametrize("shape", [(6, 40, 9, 7), (4, 48, 16, 16)], ids=str)
 @pytest.mark.parametrize("kind", ["spikes", "ties", "real", "nan"])
-def test_fast_maxpool_equals_maxpool(kind):
+def test_fast_maxpool_equals_maxpool(kind, shape):
     """FastMaxPool2d (C kernel) = nn.MaxPool2d(3, 2, 1) in float32: the same outputs and the same
     winner on ties (spikes: most windows hold several 1s or only 0s), hence identical gradients;
     a NaN wins its windows as in PyTorch."""
     from spikeformers.layers import MaxPool
 
     torch.manual_seed(0)
-    shape = (6, 40, 9, 7)
     x = {"spikes": (torch.rand(shape) > 0.7).float(), "ties": torch.randint(0, 3, shape).float(),
          "real": torch.randn(shape), "nan": torch.randn(shape)}[kind]
     if kind == "nan":

@@ -21,7 +21,7 @@ void maxpool_forward_##SUF(const T *x, T *y, uint8_t *arg, int64_t N, int64_t H,
                            int s, int p) {                                                        \
     SF_PAR_BEGIN(n0, n1, 1, (n1 - n0) * Ho * Wo * C >= SF_PAR_MIN)                                  \
     float *m = malloc(C * sizeof(float));                                                         \
-    uint8_t *b = malloc(C);                                                                       \
+    int32_t *b = malloc(C * sizeof(int32_t));  /* 32-bit lanes: the loops vectorise 16 wide */   \
     for (int64_t n = n0; n < n1; n++)                                                             \
         for (int64_t oy = 0; oy < Ho; oy++)                                                       \
             for (int64_t ox = 0; ox < Wo; ox++) {                                                 \
@@ -34,7 +34,7 @@ void maxpool_forward_##SUF(const T *x, T *y, uint8_t *arg, int64_t N, int64_t H,
                         int64_t ix = ox * s - p + kx;                                             \
                         if (ix < 0 || ix >= W) continue;                                          \
                         const T *row = x + ((n * H + iy) * W + ix) * C;                           \
-                        uint8_t code = (uint8_t)(ky * k + kx);                                    \
+                        int32_t code = ky * k + kx;                                               \
                         if (first) {   /* PyTorch starts from the first valid position */         \
                             for (int64_t j = 0; j < C; j++) b[j] = code;                          \
                             first = 0;                                                            \
@@ -49,7 +49,7 @@ void maxpool_forward_##SUF(const T *x, T *y, uint8_t *arg, int64_t N, int64_t H,
                 }                                                                                 \
                 int64_t o = ((n * Ho + oy) * Wo + ox) * C;                                        \
                 for (int64_t j = 0; j < C; j++) y[o + j] = STORE_##SUF(m[j]);                     \
-                if (arg) for (int64_t j = 0; j < C; j++) arg[o + j] = b[j];                       \
+                if (arg) for (int64_t j = 0; j < C; j++) arg[o + j] = (uint8_t)b[j];              \
             }                                                                                     \
     free(m); free(b);                                                                             \
     SF_PAR_END                                                                                    \
