@@ -14,6 +14,10 @@ channels-last memory, BatchNorm folding for inference, and the settings the trai
   view (the same kernel) instead of by PyTorch's strided generic path, and keeps the layout.
   Results equal the plain model's up to float32 summation order (a different, equally exact
   order; see ``tests/test_speed.py``).
+- :func:`fire_merged` (training, used through :func:`spikeformers.layers.fire_many`): the Q / K / V
+  projections of one input (bias-free 1x1 convs, each into BatchNorm and alike LIF neurons) as
+  one matrix product against the stacked weights and one BatchNorm + LIF kernel call over the
+  stacked channels; the same spikes and statistics, gradients to float rounding.
 - :func:`keep_freed_memory` (process-wide, Linux/glibc): large tensors come from the heap and freed
   memory is kept for the next step instead of being handed back to the kernel, so a training step
   no longer pays page faults for every fresh activation and gradient buffer (about 10 % of a
@@ -46,7 +50,7 @@ from torch.nn.modules import module as _module
 from . import kernels
 
 __all__ = ["MatmulConv1d", "MatmulConv2d", "SmallMapConv2d", "FastMaxPool2d", "FastBatchNorm2d", "TokenBatchNorm1d",
-           "bn_fire", "keep_freed_memory", "optimize", "fuse", "unfused_batchnorms", "Int8Products", "int8_available", "quantize_int8"]
+           "bn_fire", "fire_merged", "keep_freed_memory", "optimize", "fuse", "unfused_batchnorms", "Int8Products", "int8_available", "quantize_int8"]
 
 
 class MatmulConv2d(nn.Conv2d):
@@ -288,12 +292,12 @@ class _ProjectFire(torch.autograd.Function):
     """Bias-free 1x1 projections of one token matrix ``x[M, C]``, each into its training
     BatchNorm and a LIF, as one matrix product against the stacked weights ``[sum C_i, C]`` and
     one BatchNorm + LIF kernel over the stacked channels (BatchNorm is per channel, so its
-    statistics are those of each projection alone). Returns each projection's spikes
+    statistics are those of each projection alone), in ``dtype`` (autocast's where it is on).
+    Returns each projection's spikes
     ``[M, C_i]`` (contiguous) and the stacked batch mean and biased var."""
 
     @staticmethod
-    def forward(ctx, x, bn_weight, bn_bias, eps, neuron, T, *weights):
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    def forward(ctx, x, bn_weight, bn_bias, eps, neuron, T, dtype, *weights):
         xd = x.to(dtype)
         w = torch.empty(sum(v.shape[0] for v in weights), x.shape[1], dtype=dtype)
         splits = [v.shape[0] for v in weights]
@@ -322,7 +326,7 @@ class _ProjectFire(torch.autograd.Function):
         gws = [g.to(dt).view(shape) for g, (dt, shape) in zip(gw.split(ctx.splits), ctx.weight_meta)]
         gbw = gbw.to(bn_weight.dtype) if ctx.needs_input_grad[1] else None
         gbb = gbb.to(bn_weight.dtype) if ctx.needs_input_grad[2] else None
-        return gx, gbw, gbb, None, None, None, *gws
+        return gx, gbw, gbb, None, None, None, None, *gws
 
 
 def fire_merged(units, x: torch.Tensor) -> list[torch.Tensor] | None:
@@ -331,7 +335,7 @@ def fire_merged(units, x: torch.Tensor) -> list[torch.Tensor] | None:
     product and one BatchNorm + LIF kernel call (:class:`_ProjectFire`) where it can: a training
     step of an :func:`optimize`-d model on CPU with every conv a bias-free 1x1 :class:`MatmulConv2d`
     (``x[T, B, C, H, W]`` channels-last) or :class:`MatmulConv1d` (``x[T, B, C, N]``, channels
-    innermost), every BatchNorm of the matching fast kind in training with the same settings, the
+    innermost), every BatchNorm of the matching fast kind in training with the same eps, the
     same LIF settings for every neuron, and no hooks on any of them. Else ``None``: the caller
     runs each unit alone. The stacked product computes the same dot products (its float32
     accumulation order may differ from the separate products' by rounding), and BatchNorm and
@@ -353,7 +357,7 @@ def fire_merged(units, x: torch.Tensor) -> list[torch.Tensor] | None:
     bn0 = bns[0]
     if not (all(type(c) is conv_kind and c.bias is None and c.in_channels == C for c in convs)
             and all(type(b) is bn_kind and b.training and b.affine and b.track_running_stats
-                    and b.eps == bn0.eps and b.momentum == bn0.momentum for b in bns)
+                    and b.eps == bn0.eps for b in bns)
             and all(_same_neuron(n, neurons[0]) for n in neurons)
             and not _hooked(*convs, *bns, *neurons) and rows.is_contiguous()):
         return None
@@ -362,7 +366,7 @@ def fire_merged(units, x: torch.Tensor) -> list[torch.Tensor] | None:
     if not kernels.bnlif_supports(x2.new_empty(x2.shape[0], 1, 1, 1, dtype=dtype), T, neurons[0]):
         return None
     bw, bb = torch.cat([b.weight for b in bns]), torch.cat([b.bias for b in bns])
-    *spikes, mean, var = _ProjectFire.apply(x2, bw, bb, bn0.eps, neurons[0], T, *(c.weight for c in convs))
+    *spikes, mean, var = _ProjectFire.apply(x2, bw, bb, bn0.eps, neurons[0], T, dtype, *(c.weight for c in convs))
     at = 0
     for b in bns:
         c = b.num_features

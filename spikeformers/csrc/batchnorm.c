@@ -3,8 +3,11 @@
  *
  * The tensor is an [M, C] row-major matrix: a channels-last [N, C, H, W] (M = N*H*W) or the
  * [N, C, L, 1] view of a channels-innermost token matrix. Every function works on the channel
- * slice [c0, c1) of all M rows, split further across the OpenMP threads (parallel.h), so no
- * partial sums have to be merged. Statistics are accumulated in double; the
+ * slice [c0, c1) of all M rows. Across the OpenMP threads (parallel.h) it splits the channels
+ * (no partial sums to merge) or, with few channels and many rows (BN_ROW_SPLIT), the rows: each
+ * block of BN_ROWS rows keeps its float sums, added into the totals in block order afterwards,
+ * the same additions in the same order as the serial loop, so both splits give the same bits.
+ * Statistics are accumulated in double; the
  * values are read and written as float32 or bfloat16 (round to nearest even), the per-channel
  * coefficients are float32.
  *
