@@ -59,16 +59,17 @@ void maxpool_backward_##SUF(const T *gy, const uint8_t *arg, T *gx, int64_t N, i
                             int k, int s, int p) {                                                \
     SF_PAR_BEGIN(n0, n1, 1, (n1 - n0) * H * W * C >= SF_PAR_MIN)                                    \
     float *acc = malloc(H * W * C * sizeof(float));                                               \
+    int64_t off[256];  /* tap code -> offset of its input pixel from the window's corner */       \
+    for (int c = 0; c < k * k; c++) off[c] = ((c / k) * W + c % k) * C;                           \
     for (int64_t n = n0; n < n1; n++) {                                                           \
         for (int64_t e = 0; e < H * W * C; e++) acc[e] = 0.0f;                                    \
         for (int64_t oy = 0; oy < Ho; oy++)                                                       \
             for (int64_t ox = 0; ox < Wo; ox++) {                                                 \
                 int64_t o = ((n * Ho + oy) * Wo + ox) * C;                                        \
-                for (int64_t j = 0; j < C; j++) {                                                 \
-                    int code = arg[o + j];                                                        \
-                    int64_t iy = oy * s - p + code / k, ix = ox * s - p + code % k;               \
-                    acc[(iy * W + ix) * C + j] += LOAD_##SUF(gy[o + j]);                          \
-                }                                                                                 \
+                /* the window's corner may lie in the padding; a winning tap never does */        \
+                int64_t corner = ((oy * s - p) * W + (ox * s - p)) * C;                           \
+                for (int64_t j = 0; j < C; j++)                                                   \
+                    acc[corner + off[arg[o + j]] + j] += LOAD_##SUF(gy[o + j]);                   \
             }                                                                                     \
         T *out = gx + n * H * W * C;                                                              \
         for (int64_t e = 0; e < H * W * C; e++) out[e] = STORE_##SUF(acc[e]);                     \
