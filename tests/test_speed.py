@@ -830,3 +830,25 @@ def test_stem_convolves_a_repeated_image_once(name):
         assert torch.equal(a, b)
     assert seen == [4, 12, 4, 12]                       # once per image, then per frame; fused too
     assert spike_rate_of(model, x) > 0.01
+
+
+@pytest.mark.parametrize("k,layout", [(2, "channels_last"), (2, "contiguous"), (1, "channels_innermost")])
+def test_token_mean_gradient_keeps_the_input_layout(k, layout):
+    """layers.token_mean = the mean over the last k axes (values and gradients as autograd's mean),
+    with the gradient laid out like the input: a channels-last token map gets a channels-last
+    gradient, where flatten + mean gave a contiguous one."""
+    from spikeformers.layers import token_mean
+    torch.manual_seed(0)
+    if k == 2:
+        x = torch.randn(12, 6, 3, 5)
+        x = (x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x).view(3, 4, 6, 3, 5)
+    else:
+        x = torch.randn(3, 4, 15, 6).transpose(-1, -2)          # [T, B, C, N], C innermost
+    g = torch.randn(3, 4, 6)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = token_mean(a, k), b.flatten(-k).mean(-1)
+    torch.testing.assert_close(ya, yb, rtol=0, atol=1e-6)
+    ya.backward(g)
+    yb.backward(g)
+    assert torch.equal(a.grad, b.grad)
+    assert a.grad.stride() == x.stride()

@@ -46,7 +46,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import MaxPool, SpikingModel, conv_bn_fire, fire_many, lif, seq, seq_once
+from ..layers import MaxPool, SpikingModel, conv_bn_fire, fire_many, lif, seq, seq_once, token_mean
 from .registry import register_model
 from .spikformer import ConvMLP, ConvSSA
 
@@ -255,7 +255,7 @@ class QKFormer(SpikingModel):
             x = self.patch_embed3(x)
             for blk in self.stage3:
                 x = blk(x)
-        return x.flatten(3).mean(3)
+        return token_mean(x)
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x).mean(0))

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .. import tokens as tok
-from ..layers import IPSPS, SPS, SpikingMLP, SpikingModel, lif, trunc_normal_init
+from ..layers import IPSPS, SPS, SpikingMLP, SpikingModel, lif, token_mean, trunc_normal_init
 from ..neurons import LIF
 from .plugins import ATTENTIONS, build_attention
 from .registry import register_model
@@ -132,7 +132,7 @@ class SpikeDrivenTransformer(SpikingModel):
         else:
             for i, blk in enumerate(self.block):
                 u = blk(u, keep=self.token_keep[i] if self.token_keep else None, ir_local=self.ir_local)
-        s = self.head_lif(u.flatten(3).mean(3))          # [T,B,D] spikes of the pooled membrane
+        s = self.head_lif(token_mean(u))                 # [T,B,D] spikes of the pooled membrane
         y = self.head(s)                                 # [T,B,K]
         return y if self.tet else y.mean(0)
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import MaxPool, SpikingModel, conv_bn_fire, fire_many, lif, seq
+from ..layers import MaxPool, SpikingModel, conv_bn_fire, fire_many, lif, seq, token_mean
 from ..speed import _hooked, bn_fire
 from .registry import register_model
 
@@ -285,7 +285,7 @@ class Spikformer(SpikingModel):
             x = x.flatten(-2)                            # [T, B, D, N]
         for blk in self.block:
             x = blk(x, grid)
-        return x.mean(2) if self.layout == "cifar" else x.mean(3)
+        return x.mean(2) if self.layout == "cifar" else token_mean(x, 1)
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x).mean(0))
