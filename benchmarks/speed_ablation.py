@@ -6,9 +6,8 @@ alike), median step time of each.
 
 Paths: ``bn_fire`` (BatchNorm + LIF forward in one C kernel, off = the two kernels in turn),
 ``small_map`` (3x3 convs on <= 2x2 maps as one matrix product, off = oneDNN's convolution),
-``maxpool`` (C max pooling, off = PyTorch's), ``stacked_qkv`` (an attention's Q/K/V projections as
-one stacked product and one BatchNorm + LIF call, ``speed.fire_merged``; off = one by one; training
-only). Workload as ``spikeformers bench``: T = 4, batch 16,
+``maxpool`` (C max pooling, off = PyTorch's), ``token_mean`` (the head's token mean with its gradient in the input's layout,
+``layers.token_mean``; off = flatten + mean). Workload as ``spikeformers bench``: T = 4, batch 16,
 32x32x3, 10 classes, bf16 autocast, SGD(momentum 0.9); inference = eval mode, no BN folding.
 """
 
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PATHS = ("bn_fire", "small_map", "maxpool", "stacked_qkv")
+PATHS = ("bn_fire", "small_map", "maxpool", "token_mean")
 
 
 def switch(model: nn.Module, path: str):
@@ -36,12 +35,12 @@ def switch(model: nn.Module, path: str):
         def on(flag: bool) -> None:
             kernels.bnlif_supports = real if flag else (lambda *a, **k: False)
         return on
-    if path == "stacked_qkv":
+    if path == "token_mean":
         from spikeformers import layers
-        merged = layers.fire_merged
+        mean = layers._TokenMean.apply
 
         def on(flag: bool) -> None:
-            layers.fire_merged = merged if flag else (lambda units, x: None)
+            layers._TokenMean.apply = mean if flag else (lambda x, k: x.flatten(-k).mean(-1))
         return on
     fast, plain = (SmallMapConv2d, nn.Conv2d) if path == "small_map" else (FastMaxPool2d, nn.MaxPool2d)
     mods = [m for m in model.modules() if type(m) is fast]

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import conv_bn_fire, fire_many, lif, seq
+from .layers import conv_bn_fire, lif, seq
 from .neurons import ReLUNeuron, Ternary
 
 __all__ = ["SpikeDrivenSelfAttention", "A2OS2A", "SpatioTemporalAttention", "SpikingTokenMixer",
@@ -84,11 +84,6 @@ class _QKVProjections(nn.Module):
         """``{n}_lif(project(n, s))``, BatchNorm and neuron fused where possible (layers.conv_bn_fire)."""
         return conv_bn_fire(getattr(self, f"{n}_conv"), getattr(self, f"{n}_bn"), getattr(self, f"{n}_lif"), s)
 
-    def fire_all(self, names: str, s: torch.Tensor) -> list[torch.Tensor]:
-        """``[fire(n, s) for n in names]``, stacked into one product where it can (layers.fire_many)."""
-        return fire_many([(getattr(self, f"{n}_conv"), getattr(self, f"{n}_bn"), getattr(self, f"{n}_lif"))
-                          for n in names], s)
-
     def output(self, y: torch.Tensor) -> torch.Tensor:
         """``BN(W_proj y + b)``, fired on the spike stream."""
         y = seq(lambda z: self.proj_bn(self.proj_conv(z)), y)
@@ -116,7 +111,7 @@ class SpikeDrivenSelfAttention(_QKVProjections):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         s = self.shortcut_lif(u)
-        q, k, v = self.fire_all("qkv", s)
+        q, k, v = self.fire("q", s), self.fire("k", s), self.fire("v", s)
         if self.dvs_mode:
             k, v = erode(k), erode(v)
         h = self.num_heads
@@ -229,7 +224,7 @@ class SpatioTemporalAttention(_QKVProjections):
         def chunked(x):  # [T,B,h,N,d] -> [T/c,B,h,c*N,d]
             return x.reshape(T // c, c, B, h, N, d).permute(0, 2, 3, 1, 4, 5).reshape(T // c, B, h, c * N, d)
 
-        q, k, v = (chunked(_heads(x, h)) for x in self.fire_all("qkv", s))
+        q, k, v = (chunked(_heads(self.fire(n, s), h)) for n in "qkv")
         kv = self.attn_map(k.transpose(-2, -1) @ v)                       # [T/c,B,h,d,d]
         o = (q @ kv) * (self.scale if self.scale is not None else 1.0 / H)
         o = o.reshape(T // c, B, h, c, N, d).permute(0, 3, 1, 2, 4, 5).reshape(T, B, h, N, d)

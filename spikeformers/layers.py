@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from .neurons import LIF
-from .speed import bn_fire, fire_merged
+from .speed import bn_fire
 
-__all__ = ["seq", "conv_bn_fire", "fire_many", "token_mean", "seq_once", "lif", "MaxPool", "SPS", "IPSPS", "SpikingMLP", "SpikingModel", "trunc_normal_init"]
+__all__ = ["seq", "conv_bn_fire", "token_mean", "seq_once", "lif", "MaxPool", "SPS", "IPSPS", "SpikingMLP", "SpikingModel", "trunc_normal_init"]
 
 
 def seq(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -35,15 +35,6 @@ def conv_bn_fire(conv: Callable, bn: nn.Module, neuron: nn.Module, x: torch.Tens
     function, whose modules cannot be inspected, always runs on the merged view)."""
     y = seq_once(conv, x, conv, bn) if isinstance(conv, nn.Module) else conv(x.flatten(0, 1))
     return bn_fire(bn, neuron, y, x.shape[0])
-
-
-def fire_many(units, x: torch.Tensor) -> list[torch.Tensor]:
-    """``[conv_bn_fire(conv, bn, neuron, x) for conv, bn, neuron in units]``: several projections
-    of one input (an attention's Q, K, V). In a training step of an optimized model on CPU, with
-    1x1 projections and alike neurons, they run as one stacked matrix product and one BatchNorm +
-    LIF kernel call (:func:`spikeformers.speed.fire_merged`); else one by one."""
-    out = fire_merged(units, x)
-    return out if out is not None else [conv_bn_fire(conv, bn, neuron, x) for conv, bn, neuron in units]
 
 
 def seq_once(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *modules: nn.Module) -> torch.Tensor:

@@ -14,10 +14,6 @@ channels-last memory, BatchNorm folding for inference, and the settings the trai
   view (the same kernel) instead of by PyTorch's strided generic path, and keeps the layout.
   Results equal the plain model's up to float32 summation order (a different, equally exact
   order; see ``tests/test_speed.py``).
-- :func:`fire_merged` (training, used through :func:`spikeformers.layers.fire_many`): the Q / K / V
-  projections of one input (bias-free 1x1 convs, each into BatchNorm and alike LIF neurons) as
-  one matrix product against the stacked weights and one BatchNorm + LIF kernel call over the
-  stacked channels; the same spikes and statistics, gradients to float rounding.
 - :func:`keep_freed_memory` (process-wide, Linux/glibc): large tensors come from the heap and freed
   memory is kept for the next step instead of being handed back to the kernel, so a training step
   no longer pays page faults for every fresh activation and gradient buffer (about 10 % of a
@@ -50,7 +46,7 @@ from torch.nn.modules import module as _module
 from . import kernels
 
 __all__ = ["MatmulConv1d", "MatmulConv2d", "SmallMapConv2d", "FastMaxPool2d", "FastBatchNorm2d", "TokenBatchNorm1d",
-           "bn_fire", "fire_merged", "keep_freed_memory", "optimize", "fuse", "unfused_batchnorms", "Int8Products", "int8_available", "quantize_int8"]
+           "bn_fire", "keep_freed_memory", "optimize", "fuse", "unfused_batchnorms", "Int8Products", "int8_available", "quantize_int8"]
 
 
 class MatmulConv2d(nn.Conv2d):
@@ -279,102 +275,6 @@ def bn_fire(bn: nn.Module, neuron: nn.Module, y: torch.Tensor, T: int) -> torch.
         return s.reshape(T, -1, *s.shape[1:])
     z = bn(y)
     return neuron(z.reshape(T, -1, *z.shape[1:]))
-
-
-def _same_neuron(a: nn.Module, b: nn.Module) -> bool:
-    """Two LIF neurons that compute the same function (one kernel call can fire for both)."""
-    keys = ("tau", "decay_input", "v_threshold", "v_reset", "detach_reset", "smooth")
-    return (type(a) is type(b) and a.surrogate == b.surrogate
-            and all(getattr(a, k) == getattr(b, k) for k in keys))
-
-
-class _ProjectFire(torch.autograd.Function):
-    """Bias-free 1x1 projections of one token matrix ``x[M, C]``, each into its training
-    BatchNorm and a LIF, as one matrix product against the stacked weights ``[sum C_i, C]`` and
-    one BatchNorm + LIF kernel over the stacked channels (BatchNorm is per channel, so its
-    statistics are those of each projection alone), in ``dtype`` (autocast's where it is on).
-    Returns each projection's spikes
-    ``[M, C_i]`` (contiguous) and the stacked batch mean and biased var."""
-
-    @staticmethod
-    def forward(ctx, x, bn_weight, bn_bias, eps, neuron, T, dtype, *weights):
-        xd = x.to(dtype)
-        w = torch.empty(sum(v.shape[0] for v in weights), x.shape[1], dtype=dtype)
-        splits = [v.shape[0] for v in weights]
-        for part, v in zip(w.split(splits), weights):
-            part.copy_(v.reshape(v.shape[0], -1))             # the cast autocast would make, once
-        y = (xd @ w.t()).unsqueeze(-1).unsqueeze(-1)           # [M, sum C_i, 1, 1], channels-last
-        s, hs, mean, var, rstd = kernels.bnlif_forward(y, bn_weight, bn_bias, eps, neuron, T, keep_h=True)
-        ctx.save_for_backward(xd, w, y, bn_weight, hs, mean, rstd)
-        ctx.neuron, ctx.T, ctx.splits, ctx.x_dtype = neuron, T, splits, x.dtype
-        ctx.weight_meta = [(v.dtype, v.shape) for v in weights]
-        ctx.mark_non_differentiable(mean, var)
-        return (*(o.contiguous() for o in s.view(s.shape[0], -1).split(splits, dim=1)), mean, var)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        xd, w, y, bn_weight, hs, mean, rstd = ctx.saved_tensors
-        n, T = ctx.neuron, ctx.T
-        gs = torch.cat([torch.zeros(xd.shape[0], c, dtype=hs.dtype) if g is None else g.to(hs.dtype)
-                        for g, c in zip(grads[:-2], ctx.splits)], dim=1)
-        a, b = n.charge_coeffs()
-        gh = kernels.lif_backward(n, gs.view(T, -1, gs.shape[1], 1, 1), hs.view(T, -1, *hs.shape[1:]), a, b)
-        gy, gbw, gbb = kernels.batchnorm_backward(gh.flatten(0, 1), y, bn_weight, mean, rstd)
-        gy = gy.view(gy.shape[0], -1)
-        gx = (gy @ w).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
-        gw = gy.t() @ xd
-        gws = [g.to(dt).view(shape) for g, (dt, shape) in zip(gw.split(ctx.splits), ctx.weight_meta)]
-        gbw = gbw.to(bn_weight.dtype) if ctx.needs_input_grad[1] else None
-        gbb = gbb.to(bn_weight.dtype) if ctx.needs_input_grad[2] else None
-        return gx, gbw, gbb, None, None, None, None, *gws
-
-
-def fire_merged(units, x: torch.Tensor) -> list[torch.Tensor] | None:
-    """``[neuron(bn(conv(x))) for conv, bn, neuron in units]`` as :func:`layers.conv_bn_fire` gives
-    them (time-first, same layout), for projections of one input ``x``, computed as one matrix
-    product and one BatchNorm + LIF kernel call (:class:`_ProjectFire`) where it can: a training
-    step of an :func:`optimize`-d model on CPU with every conv a bias-free 1x1 :class:`MatmulConv2d`
-    (``x[T, B, C, H, W]`` channels-last) or :class:`MatmulConv1d` (``x[T, B, C, N]``, channels
-    innermost), every BatchNorm of the matching fast kind in training with the same eps, the
-    same LIF settings for every neuron, and no hooks on any of them. Else ``None``: the caller
-    runs each unit alone. The stacked product computes the same dot products (its float32
-    accumulation order may differ from the separate products' by rounding), and BatchNorm and
-    the neuron see exactly what they would alone (``tests/test_speed.py``)."""
-    if len(units) < 2 or not torch.is_grad_enabled() or x.device.type != "cpu":
-        return None
-    convs, bns, neurons = zip(*units)
-    conv_kind = type(convs[0])
-    if conv_kind is MatmulConv2d and x.dim() == 5:
-        bn_kind = FastBatchNorm2d
-        T, B, C, H, W = x.shape
-        rows = x.flatten(0, 1).permute(0, 2, 3, 1)             # [TB, H, W, C]
-    elif conv_kind is MatmulConv1d and x.dim() == 4:
-        bn_kind = TokenBatchNorm1d
-        T, B, C, N = x.shape
-        rows = x.flatten(0, 1).transpose(1, 2)                 # [TB, N, C]
-    else:
-        return None
-    bn0 = bns[0]
-    if not (all(type(c) is conv_kind and c.bias is None and c.in_channels == C for c in convs)
-            and all(type(b) is bn_kind and b.training and b.affine and b.track_running_stats
-                    and b.eps == bn0.eps for b in bns)
-            and all(_same_neuron(n, neurons[0]) for n in neurons)
-            and not _hooked(*convs, *bns, *neurons) and rows.is_contiguous()):
-        return None
-    x2 = rows.reshape(-1, C)
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    if not kernels.bnlif_supports(x2.new_empty(x2.shape[0], 1, 1, 1, dtype=dtype), T, neurons[0]):
-        return None
-    bw, bb = torch.cat([b.weight for b in bns]), torch.cat([b.bias for b in bns])
-    *spikes, mean, var = _ProjectFire.apply(x2, bw, bb, bn0.eps, neurons[0], T, dtype, *(c.weight for c in convs))
-    at = 0
-    for b in bns:
-        c = b.num_features
-        _update_running_stats(b, mean[at:at + c], var[at:at + c], x2.shape[0])
-        at += c
-    if conv_kind is MatmulConv2d:
-        return [s.view(T * B, H, W, -1).permute(0, 3, 1, 2).reshape(T, B, -1, H, W) for s in spikes]
-    return [s.view(T * B, N, -1).transpose(1, 2).reshape(T, B, -1, N) for s in spikes]
 
 
 class FastBatchNorm2d(nn.BatchNorm2d):

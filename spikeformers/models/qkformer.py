@@ -46,7 +46,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import MaxPool, SpikingModel, conv_bn_fire, fire_many, lif, seq, seq_once, token_mean
+from ..layers import MaxPool, SpikingModel, conv_bn_fire, lif, seq, seq_once, token_mean
 from .registry import register_model
 from .spikformer import ConvMLP, ConvSSA
 
@@ -143,12 +143,13 @@ class TokenQKAttention(nn.Module):
     def forward(self, x):
         T, B, C, H, W = x.shape
         x = x.flatten(3)                                                              # [T, B, C, N]
-        q, k = (s.reshape(T, B, self.num_heads, -1, H * W) for s in fire_many(
-            [(self.q_conv, self.q_bn, self.q_lif), (self.k_conv, self.k_bn, self.k_lif)], x))
+        q = conv_bn_fire(self.q_conv, self.q_bn, self.q_lif, x).reshape(T, B, self.num_heads, -1, H * W)
+        k = conv_bn_fire(self.k_conv, self.k_bn, self.k_lif, x).reshape(T, B, self.num_heads, -1, H * W)
         attn = self.attn_map(self.mask(q, x))                                         # [T, B, h, 1, N]
         y = (attn * k).flatten(2, 3)                                                  # [T, B, C, N]
-        y = seq(lambda z: self.proj_bn(self.proj_conv(z)), y).reshape(T, B, C, H, W)
-        return self.proj_lif(y) if self.proj_neuron else y
+        if self.proj_neuron:
+            return conv_bn_fire(self.proj_conv, self.proj_bn, self.proj_lif, y).reshape(T, B, C, H, W)
+        return seq(lambda z: self.proj_bn(self.proj_conv(z)), y).reshape(T, B, C, H, W)
 
     def mask(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The binary mask from Q [T,B,h,d,N] (x [T,B,C,N] is the block input, for subclasses):

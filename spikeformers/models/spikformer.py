@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import MaxPool, SpikingModel, conv_bn_fire, fire_many, lif, seq, token_mean
+from ..layers import MaxPool, SpikingModel, conv_bn_fire, lif, seq, token_mean
 from ..speed import _hooked, bn_fire
 from .registry import register_model
 
@@ -164,8 +164,7 @@ class ConvSSA(nn.Module):
 
     def forward(self, x):  # [T, B, D, N]
         T, B, D, N = x.shape
-        units = [(getattr(self, f"{n}_conv"), getattr(self, f"{n}_bn"), getattr(self, f"{n}_lif")) for n in "qkv"]
-        q, k, v = (_heads(s.transpose(-1, -2), self.num_heads) for s in fire_many(units, x))
+        q, k, v = (_heads(self._branch(n, x).transpose(-1, -2), self.num_heads) for n in ("q", "k", "v"))
         y = self._qkv(q, k, v) * self.scale                                                # [T,B,h,N,d]
         y = self.attn_lif(y.transpose(3, 4).reshape(T, B, D, N).contiguous())
         if not self.proj_neuron:
