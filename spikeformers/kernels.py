@@ -256,8 +256,14 @@ def _dense_time_major(x: torch.Tensor) -> bool:
     n = x[0].numel() if x.dim() > 1 else 1
     if x.shape[0] > 1 and x.stride(0) != n:
         return False
+    return is_dense(x[0]) if x.dim() > 1 else True
+
+
+def is_dense(x: torch.Tensor) -> bool:
+    """``x`` fills its memory exactly, in some order of its axes (no gaps, no repeats): contiguous,
+    channels-last, or any permutation of a contiguous tensor."""
     expect = 1
-    for s, d in sorted((s, d) for s, d in zip(x.stride()[1:], x.shape[1:]) if d != 1):
+    for s, d in sorted((s, d) for s, d in zip(x.stride(), x.shape) if d != 1):
         if s != expect:
             return False
         expect *= d

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import kernels
 from .neurons import LIF
 from .speed import bn_fire
 
@@ -72,20 +73,10 @@ class _TokenMean(torch.autograd.Function):
         return out.copy_((g / n)[(...,) + (None,) * k].expand(shape)), None
 
 
-def _dense(x: torch.Tensor) -> bool:
-    """``x`` fills its memory exactly, in some order of its axes (no gaps, no repeats)."""
-    expect = 1
-    for stride, size in sorted((st, sz) for st, sz in zip(x.stride(), x.shape) if sz != 1):
-        if stride != expect:
-            return False
-        expect *= size
-    return True
-
-
 def token_mean(x: torch.Tensor, k: int = 2) -> torch.Tensor:
     """The mean of ``x`` over its last ``k`` axes (the token map ``H, W`` or the tokens ``N``),
     with its gradient laid out like ``x`` (channels-last stays channels-last)."""
-    if x.dim() > k and x.requires_grad and _dense(x):
+    if x.dim() > k and x.requires_grad and kernels.is_dense(x):
         return _TokenMean.apply(x, k)
     return x.mean(tuple(range(-k, 0)))
 
