@@ -14,7 +14,7 @@ import copy
 import torch
 
 from spikeformers.checkpoint import load_checkpoint
-from spikeformers.speed import Int8Products, fuse, optimize, quantize_int8
+from spikeformers.speed import Int8Products, fuse, int8_inference, optimize
 from spikeformers.train import TrainConfig, build_data, evaluate
 
 
@@ -34,7 +34,7 @@ def main() -> None:
         f32 = evaluate(fused, test, progress=False)["acc"]
         with torch.autocast("cpu", torch.bfloat16):
             bf16 = evaluate(copy.deepcopy(fused).to(torch.bfloat16), test, progress=False)["acc"]
-            q = quantize_int8(copy.deepcopy(fused)).to(torch.bfloat16)
+            q = int8_inference(model)
             int8 = evaluate(q, test, progress=False)["acc"]
         wrapped = [m for m in q.modules() if isinstance(m, Int8Products)]
         n_int8 = sum(m.int8_calls > 0 for m in wrapped)

@@ -149,22 +149,38 @@ def train(config_file, set_items, threads, **opts):
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "json_out", default=None, help="also write the metrics to this JSON file")
 @click.option("--tta-flip", is_flag=True, help="average the logits of each image and its horizontal mirror")
-def eval_cmd(checkpoint, data, data_dir, batch_size, json_out, tta_flip):
+@click.option("--int8", is_flag=True,
+              help="evaluate the inference path `spikeformers bench` times: BatchNorm folded, bf16 weights, int8 "
+                   "products where a layer's input is spikes (an approximation like bf16; README 'Performance')")
+def eval_cmd(checkpoint, data, data_dir, batch_size, json_out, tta_flip, int8):
     """Evaluate a checkpoint on the test set."""
+    import contextlib
+
+    import torch
+
     from .checkpoint import load_checkpoint
+    from .speed import int8_available, int8_inference
     from .train import TrainConfig, build_data, evaluate
+    if int8 and not int8_available():
+        raise click.UsageError("--int8 needs a CPU build of PyTorch with oneDNN's int8 operators (x86); "
+                               "evaluate without it")
     model, meta = load_checkpoint(checkpoint)
     _, test, info = build_data(TrainConfig(data=data, data_dir=data_dir, batch_size=batch_size))
     if (model.in_chans, model.img_size, model.num_classes) != (info["in_chans"], info["img_size"], info["num_classes"]):
         raise ValueError(f"checkpoint model {meta.get('model')} expects [B,{model.in_chans},{model.img_size},"
                          f"{model.img_size}] with {model.num_classes} classes; {data} has [B,{info['in_chans']},"
                          f"{info['img_size']},{info['img_size']}] with {info['num_classes']} classes")
-    m = evaluate(model, test, desc="eval", tta_flip=tta_flip)
-    click.echo(f"{meta.get('model')} on {data} test ({m['n']} images{', flip TTA' if tta_flip else ''}): "
-               f"accuracy {m['acc']:.2f} %, loss {m['loss']:.4f}, {m['img_s']:.0f} img/s")
+    ctx = contextlib.nullcontext()
+    if int8:
+        model, ctx = int8_inference(model), torch.autocast("cpu", dtype=torch.bfloat16)
+    with ctx:
+        m = evaluate(model, test, desc="eval", tta_flip=tta_flip)
+    click.echo(f"{meta.get('model')} on {data} test ({m['n']} images{', flip TTA' if tta_flip else ''}"
+               f"{', int8 products' if int8 else ''}): accuracy {m['acc']:.2f} %, loss {m['loss']:.4f}, "
+               f"{m['img_s']:.0f} img/s")
     if json_out:
         with open(json_out, "w") as f:
-            json.dump({"model": meta.get("model"), "data": data, "tta_flip": tta_flip, **m}, f, indent=2)
+            json.dump({"model": meta.get("model"), "data": data, "tta_flip": tta_flip, "int8": int8, **m}, f, indent=2)
 
 
 @main.command()

@@ -46,7 +46,7 @@ from torch.nn.modules import module as _module
 from . import kernels
 
 __all__ = ["MatmulConv1d", "MatmulConv2d", "SmallMapConv2d", "FastMaxPool2d", "FastBatchNorm2d", "TokenBatchNorm1d",
-           "bn_fire", "keep_freed_memory", "optimize", "fuse", "unfused_batchnorms", "Int8Products", "int8_available", "quantize_int8"]
+           "bn_fire", "keep_freed_memory", "optimize", "fuse", "unfused_batchnorms", "Int8Products", "int8_available", "int8_inference", "quantize_int8"]
 
 
 class MatmulConv2d(nn.Conv2d):
@@ -587,3 +587,12 @@ def quantize_int8(model: nn.Module) -> nn.Module:
                 n += 1
     model.int8_layers = n
     return model
+
+
+def int8_inference(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` on the inference path that ``spikeformers bench`` times: the fast layers
+    (:func:`optimize`), BatchNorm folded (:func:`fuse`), int8 products on spike inputs
+    (:func:`quantize_int8`), weights in bf16; run it under bf16 autocast. The original is left as
+    it is."""
+    import copy
+    return quantize_int8(fuse(optimize(copy.deepcopy(model)).eval())).to(torch.bfloat16)

@@ -181,6 +181,17 @@ def test_cli_models_train_eval(fake_fmnist, tmp_path, monkeypatch):
                                   "--tta-flip", "--json", str(tmp_path / "t.json")])
     assert r.exit_code == 0 and "flip TTA" in r.output, r.output
     assert json.loads((tmp_path / "t.json").read_text())["tta_flip"] is True
+    from spikeformers.speed import int8_available
+    if int8_available():   # the int8 inference path: runs, says so, reports the same number of images
+        r = CliRunner().invoke(main, ["eval", "--checkpoint", str(out / "best.safetensors"), "--data-dir",
+                                      str(fake_fmnist), "--int8", "--json", str(tmp_path / "q.json")])
+        assert r.exit_code == 0 and "int8 products" in r.output, r.output
+        q = json.loads((tmp_path / "q.json").read_text())
+        assert q["int8"] is True and q["n"] == 128 and 0.0 <= q["acc"] <= 100.0
+    import spikeformers.speed as sp
+    monkeypatch.setattr(sp, "int8_available", lambda: False)
+    r = CliRunner().invoke(main, ["eval", "--checkpoint", str(out / "best.safetensors"), "--int8"])
+    assert r.exit_code != 0 and "oneDNN's int8 operators" in r.output
     r = CliRunner().invoke(main, ["eval", "--checkpoint", str(tmp_path / "missing.safetensors")])
     assert r.exit_code != 0 and "does not exist" in r.output
     r = CliRunner().invoke(main, ["train", "--model", "nope", "--data-dir", str(fake_fmnist)])
