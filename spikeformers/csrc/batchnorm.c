@@ -50,6 +50,15 @@
  * short); the results are the same either way (see bn_stats_rows). */
 #define BN_ROW_SPLIT(M, n) (sf_openmp_threads() > 1 && (n) < 128 && (M) >= 4 * BN_ROWS && (M) * (n) >= SF_PAR_MIN)
 
+/* the row split's reduction: nb blocks of float sums [s-part (n), t-part (n)] added into the double
+ * totals s, t in block order, the additions the serial loops make */
+static void bn_add_blocks(double *s, double *t, const float *part, int64_t nb, int64_t n) {
+    for (int64_t blk = 0; blk < nb; blk++) {
+        const float *ps = part + blk * 2 * n, *pt = ps + n;
+        for (int64_t j = 0; j < n; j++) { s[j] += ps[j]; t[j] += pt[j]; }
+    }
+}
+
 #define BN_FUNCS(SUF, T)                                                                          \
 /* statistics of channels [c0, c0 + n): mean, var, rstd (out arrays indexed by channel), and   \
  * the coefficients y = x * A[j] + B[j] */                                                        \
@@ -94,10 +103,7 @@ static void bn_stats_rows_##SUF(const T *x, const float *w, const float *b, floa
     for (int64_t blk = b0; blk < b1; blk++)                                                       \
         bn_block_sums_##SUF(x, k, part + blk * 2 * n, part + blk * 2 * n + n, M, C, c0, n, blk);  \
     SF_PAR_END                                                                                    \
-    for (int64_t blk = 0; blk < nb; blk++) {                                                      \
-        const float *ps = part + blk * 2 * n, *pss = ps + n;                                      \
-        for (int64_t j = 0; j < n; j++) { s[j] += ps[j]; ss[j] += pss[j]; }                       \
-    }                                                                                             \
+    bn_add_blocks(s, ss, part, nb, n);                                                            \
     bn_stats_finish_##SUF(s, ss, k, w, b, mean_out, var_out, rstd_out, A, B, M, c0, n, eps);      \
     free(s); free(k); free(part);                                                                 \
 }                                                                                                 \
@@ -188,8 +194,7 @@ void bn_backward_##SUF(const T *gy, const T *x, T *gx, const float *w, const flo
         for (int64_t blk = b0; blk < b1; blk++)                                                   \
             bn_grad_block_sums_##SUF(gy, x, mean, part + blk * 2 * n, part + blk * 2 * n + n, M, C, c0, n, blk); \
         SF_PAR_END                                                                                \
-        for (int64_t blk = 0; blk < nb; blk++)                                                    \
-            for (int64_t j = 0; j < n; j++) { s[j] += part[blk * 2 * n + j]; sx[j] += part[blk * 2 * n + n + j]; } \
+        bn_add_blocks(s, sx, part, nb, n);                                                        \
         bn_grad_coeffs_##SUF(s, sx, w, mean, rstd, gw, gb, coef, coef + n, coef + 2 * n, M, c0, n); \
         SF_PAR_BEGIN(i0, i1, BN_ROWS, 1)                                                          \
         bn_apply_grad_##SUF(gy, x, gx, coef, coef + n, coef + 2 * n, i0, i1, C, c0, n);           \
