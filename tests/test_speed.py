@@ -412,11 +412,13 @@ def test_kernels_share_torch_openmp_threads():
 
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("shape", [(64, 48, 16, 16), (96, 96, 8, 4), (40, 20, 7, 5)], ids=str)
+@pytest.mark.parametrize("shape", [(64, 48, 16, 16), (96, 96, 8, 4), (16, 384, 4, 4), (8, 512, 4, 4), (40, 20, 7, 5)],
+                         ids=str)
 def test_batchnorm_kernels_split_rows_or_channels_alike(dtype, shape):
-    """With few channels the BatchNorm kernels split the rows across threads (block sums added in
-    block order), else the channels: BatchNorm forward, BatchNorm + LIF forward and BatchNorm
-    backward give the same bits on 1 thread (the serial channel loop) and on 2."""
+    """With enough rows the BatchNorm kernels split the rows across threads (block sums added in
+    block order; (8, 512, 4, 4) has too few and splits the channels, (40, 20, 7, 5) is too small to
+    split): BatchNorm forward, BatchNorm + LIF forward and BatchNorm backward give the same bits on
+    1 thread (the serial channel loop) and on 2."""
     if not kernels._load().openmp:
         pytest.skip("kernels built without OpenMP (Python splits the channels)")
     torch.manual_seed(0)

@@ -3,9 +3,9 @@
  *
  * The tensor is an [M, C] row-major matrix: a channels-last [N, C, H, W] (M = N*H*W) or the
  * [N, C, L, 1] view of a channels-innermost token matrix. Every function works on the channel
- * slice [c0, c1) of all M rows. Across the OpenMP threads (parallel.h) it splits the channels
- * (no partial sums to merge) or, with few channels and many rows (BN_ROW_SPLIT), the rows: each
- * block of BN_ROWS rows keeps its float sums, added into the totals in block order afterwards,
+ * slice [c0, c1) of all M rows. Across the OpenMP threads (parallel.h) it splits the rows
+ * whenever there are enough of them (BN_ROW_SPLIT), else the channels (no partial sums to merge):
+ * each block of BN_ROWS rows keeps its float sums, added into the totals in block order afterwards,
  * the same additions in the same order as the serial loop, so both splits give the same bits.
  * Statistics are accumulated in double; the
  * values are read and written as float32 or bfloat16 (round to nearest even), the per-channel
@@ -45,10 +45,12 @@
 /* rows are processed in blocks whose float partial sums go into the double totals: the inner
  * loops over channels stay float and vectorise, the totals keep double accuracy */
 #define BN_ROWS 64
-/* Few channels and many rows: split the rows (blocks of BN_ROWS) across the threads instead of the
- * channels (48 channels split 32 / 16 left one thread idle a third of the time and the inner loops
- * short); the results are the same either way (see bn_stats_rows). */
-#define BN_ROW_SPLIT(M, n) (sf_openmp_threads() > 1 && (n) < 128 && (M) >= 4 * BN_ROWS && (M) * (n) >= SF_PAR_MIN)
+/* Enough rows: split the rows (blocks of BN_ROWS) across the threads, not the channels; the results
+ * are the same either way (see bn_stats_rows). Split by channels, 48 channels went 32 / 16 (one
+ * thread idle a third of the time), and the BN + LIF forward ran slower on 2 threads than on 1 even
+ * at 384 channels: [256 rows, 384] float32 took 45 us on 1 thread, 78-85 us on 2 (each thread firing
+ * half of every row), 31 us with the rows split (a C harness on the 2-core EPYC, session 14). */
+#define BN_ROW_SPLIT(M, n) (sf_openmp_threads() > 1 && (M) >= 4 * BN_ROWS && (M) * (n) >= SF_PAR_MIN)
 
 /* the row split's reduction: nb blocks of float sums [s-part (n), t-part (n)] added into the double
  * totals s, t in block order, the additions the serial loops make */
