@@ -41,7 +41,7 @@ import torch
 
 __all__ = ["available", "status", "supports", "disabled", "lif_forward", "lif_backward",
            "ternary_forward", "ternary_backward", "batchnorm_supports", "batchnorm_forward",
-           "batchnorm_backward", "bnlif_supports", "bnlif_forward", "maxpool_supports", "maxpool_forward",
+           "batchnorm_backward", "update_running_stats", "bnlif_supports", "bnlif_forward", "maxpool_supports", "maxpool_forward",
            "maxpool_backward", "to_uint8_exact"]
 
 _SRCS = [Path(__file__).with_name("csrc") / f for f in ("neurons.c", "batchnorm.c", "pool.c", "convert.c")]
@@ -134,6 +134,8 @@ def _declare(lib) -> None:
         for n in ("lif_forward", "lif_backward", "ternary_forward", "ternary_backward", "bn_forward", "bn_backward",
                   "bnlif_forward", "maxpool_forward", "maxpool_backward", "to_uint8_exact"):
             getattr(lib, f"{n}_{suf}").restype = None
+    lib.bn_update_running.argtypes = [p, p, p, p, p, i64, ctypes.c_double, i64]
+    lib.bn_update_running.restype = None
 
 
 class _Lib:
@@ -152,6 +154,7 @@ class _Lib:
                 setattr(self, f"{n}_{suf}", getattr(strict, f"{n}_{suf}"))
             for n in ("lif_backward", "ternary_backward", "bn_backward"):
                 setattr(self, f"{n}_{suf}", getattr(fast, f"{n}_{suf}"))
+        self.bn_update_running = strict.bn_update_running
         # threads come from OpenMP inside C only if both builds have it and share PyTorch's runtime
         self.openmp = all(_shares_torch_openmp(lib) for lib in (strict, fast))
 
@@ -405,7 +408,10 @@ def _bn_parallel(M: int, C: int) -> bool:
 
 
 def _f32(t: torch.Tensor | None):
-    return None if t is None else t.detach().float().contiguous()
+    """A contiguous float32 ``t`` for its data pointer (``t`` itself when it is one already)."""
+    if t is None or (t.dtype == torch.float32 and t.is_contiguous()):
+        return t
+    return t.detach().float().contiguous()
 
 
 def batchnorm_forward(x: torch.Tensor, weight, bias, eps: float):
@@ -435,6 +441,21 @@ def batchnorm_backward(grad_y: torch.Tensor, x: torch.Tensor, weight, mean, rstd
           mean.data_ptr(), rstd.data_ptr(), gw.data_ptr(), gb.data_ptr()),
          (), unit=16, parallel=_bn_parallel(M, C))
     return gx, gw, gb
+
+
+def update_running_stats(bn, mean: torch.Tensor, var: torch.Tensor, n: int) -> bool:
+    """``bn``'s running-average update (``num_batches_tracked``, ``running_mean``, ``running_var``
+    from the float32 batch ``mean`` and biased ``var`` of ``n`` values per channel) in one C call,
+    as nn.BatchNorm does it (momentum, or a cumulative average for ``momentum=None``); False, and
+    nothing done, when the buffers are not contiguous float32 CPU tensors or the kernel is off."""
+    rm, rv, nbt = bn.running_mean, bn.running_var, bn.num_batches_tracked
+    if not (_enabled and _lib is not None and rm.dtype == rv.dtype == mean.dtype == var.dtype == torch.float32
+            and rm.device.type == "cpu" and rm.is_contiguous() and rv.is_contiguous() and mean.is_contiguous()
+            and var.is_contiguous() and (nbt is None or (nbt.dtype == torch.int64 and nbt.device.type == "cpu"))):
+        return False
+    _lib.bn_update_running(rm.data_ptr(), rv.data_ptr(), None if nbt is None else nbt.data_ptr(), mean.data_ptr(),
+                           var.data_ptr(), rm.numel(), -1.0 if bn.momentum is None else float(bn.momentum), n)
+    return True
 
 
 def bnlif_supports(x: torch.Tensor, T: int, neuron) -> bool:

@@ -187,6 +187,7 @@ class _BatchNormTrain(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
+        ctx.set_materialize_grads(False)   # mean / var get no gradient: no zero tensors for them
         y, mean, var, rstd = kernels.batchnorm_forward(x, weight, bias, eps)
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.mark_non_differentiable(mean, var)
@@ -194,6 +195,8 @@ class _BatchNormTrain(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy, _gm, _gv):
+        if gy is None:
+            return None, None, None, None
         x, weight, mean, rstd = ctx.saved_tensors
         return *_batchnorm_grads(ctx, gy, x, weight, mean, rstd), None
 
@@ -213,6 +216,7 @@ class _BatchNormLIF(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, neuron, T):
+        ctx.set_materialize_grads(False)   # mean / var get no gradient: no zero tensors for them
         s, hs, mean, var, rstd = kernels.bnlif_forward(x, weight, bias, eps, neuron, T, keep_h=True)
         ctx.save_for_backward(x, weight, hs, mean, rstd)
         ctx.neuron, ctx.T = neuron, T
@@ -221,6 +225,8 @@ class _BatchNormLIF(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gs, _gm, _gv):
+        if gs is None:
+            return None, None, None, None, None, None
         x, weight, hs, mean, rstd = ctx.saved_tensors
         n, T = ctx.neuron, ctx.T
         a, b = n.charge_coeffs()
@@ -230,7 +236,7 @@ class _BatchNormLIF(torch.autograd.Function):
 
 def _update_running_stats(bn: nn.modules.batchnorm._BatchNorm, mean, var, n: int) -> None:
     """nn.BatchNorm's running-average update from the batch ``mean`` and biased ``var`` of ``n`` values."""
-    if bn.track_running_stats and bn.running_mean is not None:
+    if bn.track_running_stats and bn.running_mean is not None and not kernels.update_running_stats(bn, mean, var, n):
         with torch.no_grad():
             bn.num_batches_tracked.add_(1)
             f = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum

@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import torch
@@ -490,6 +491,26 @@ def test_bn_fire_fused_equals_batchnorm_then_lif(dtype, token, lif_kw, monkeypat
     assert len(calls) == 2
     for k, v in ref_bn.state_dict().items():
         assert torch.equal(fused_bn.state_dict()[k], v), k
+
+
+@needs_kernel
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
+def test_running_stats_update_in_c_equals_batchnorm(momentum):
+    """kernels.update_running_stats (one C call) = nn.BatchNorm2d's own update of num_batches_tracked,
+    running_mean and running_var (unbiased) over three training steps, momentum or cumulative."""
+    torch.manual_seed(0)
+    ref, bn = torch.nn.BatchNorm2d(24, momentum=momentum), FastBatchNorm2d(24, momentum=momentum)
+    calls = []
+    real = kernels.update_running_stats
+    with mock.patch.object(kernels, "update_running_stats", lambda *a: calls.append(real(*a)) or calls[-1]):
+        for step in range(3):
+            x = (torch.randn(8, 24, 5, 5) * (step + 1) + step).contiguous(memory_format=torch.channels_last)
+            ref(x), bn(x)
+    assert calls == [True] * 3                          # the C update ran, not the fallback
+    assert int(bn.num_batches_tracked) == int(ref.num_batches_tracked) == 3
+    torch.testing.assert_close(bn.running_mean, ref.running_mean, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(bn.running_var, ref.running_var, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(bn.running_var, torch.ones(24))   # it moved
 
 
 @needs_kernel

@@ -280,3 +280,19 @@ void bnlif_forward_##SUF(const TY *x, TY *s, TY *hs, const float *w, const float
 
 BNLIF_FUNCS(f32, float)
 BNLIF_FUNCS(bf16, uint16_t)
+
+/* nn.BatchNorm's running-average update after a training step over n values per channel, in one
+ * call instead of six tensor ops: num_batches_tracked += 1 (nbt may be NULL); f = momentum, or
+ * 1 / num_batches_tracked for momentum < 0 (PyTorch's momentum=None, a cumulative average);
+ * running = (1 - f) running + f batch, with the batch variance made unbiased (n / (n - 1));
+ * computed in double, stored as float32. */
+void bn_update_running(float *rm, float *rv, int64_t *nbt, const float *mean, const float *var, int64_t C,
+                       double momentum, int64_t n) {
+    if (nbt) *nbt += 1;
+    double f = momentum >= 0.0 ? momentum : 1.0 / (double)(nbt && *nbt > 0 ? *nbt : 1);
+    double unbias = n > 1 ? (double)n / (double)(n - 1) : 1.0;
+    for (int64_t c = 0; c < C; c++) {
+        rm[c] = (float)((1.0 - f) * (double)rm[c] + f * (double)mean[c]);
+        rv[c] = (float)((1.0 - f) * (double)rv[c] + f * (double)var[c] * unbias);
+    }
+}
