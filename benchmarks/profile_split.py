@@ -3,6 +3,7 @@ BatchNorm, attention products, the rest.
 
     python benchmarks/profile_split.py --model sdt_8_384 [--precision bf16|fp32] [--infer [--int8]]
                                        [--no-optimize] [--threads 2]
+    benchmarks/.sj-venv/bin/python benchmarks/profile_split.py --spikingjelly [--sj-compile] --model qkformer_10_384
 
 Attribution is by the profiler's self time per operator: ``conv`` = oneDNN convolutions and the
 dense matmuls of 1x1 convs / linears (``mm``, ``addmm``) with their backward, and with ``--int8``
@@ -13,7 +14,13 @@ counted under ``elementwise``); ``batchnorm`` (PyTorch's and the C kernel's); th
 autograd node that wraps a C kernel is the kernel's time;
 ``bn+lif`` the fused BatchNorm + LIF forward (``speed.bn_fire``; its backward runs the LIF and
 BatchNorm backward kernels, counted under those); ``copies`` (layout changes, dtype casts);
-``pooling``; ``other`` (``--top`` lists the operators behind every category).
+``pooling``; ``compiled`` (the fused code torch.compile generated; products inside it stay under
+``conv``); ``other`` (``--top`` lists the operators behind every category). The last line sums the
+products (conv / matmul and attention) against everything else.
+
+``--spikingjelly`` profiles SpikingJelly 2.0.0's model of the same name instead, with the train
+step of ``compare_spikingjelly.py`` (float32, its ``torch`` backend, SGD with momentum): run it with
+the interpreter of the virtual environment that script creates (``benchmarks/.sj-venv``).
 """
 
 from __future__ import annotations
@@ -38,7 +45,10 @@ CATS = [
     ("elementwise", ("aten::mul", "aten::add", "aten::sub", "aten::div", "aten::ge", "aten::lt", "aten::sigmoid",
                      "aten::where", "aten::abs", "aten::sum", "aten::mean", "aten::fill_")),
     ("pooling", ("max_pool", "_MaxPool", "spikeformers::maxpool")),
+    ("neurons", ("sj_lif", "MultiStepLIF", "neuron_kernel")),
+    ("compiled", ("CompiledFxGraph", "Torch-Compiled Region", "TorchDynamo")),
 ]
+PRODUCTS = ("conv", "attention")
 
 
 def category(name: str) -> str:
@@ -59,19 +69,44 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--top", type=int, default=0, help="also print the N operators with the most self time")
+    ap.add_argument("--spikingjelly", action="store_true",
+                    help="profile SpikingJelly 2.0.0's model instead (run with benchmarks/.sj-venv/bin/python)")
+    ap.add_argument("--sj-compile", action="store_true", help="with --spikingjelly: torch.compile its model")
     a = ap.parse_args()
-    from spikeformers.speed import keep_freed_memory
-    keep_freed_memory()
     if a.threads:
         torch.set_num_threads(a.threads)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    step, what = (_sj_step if a.spikingjelly else _our_step)(a, x, y)
+    for _ in range(3 if a.sj_compile else 1):   # compiled: the first calls build the graphs
+        step()
+    with profile() as prof:
+        for _ in range(a.steps):
+            step()
+    split = defaultdict(float)
+    for ev in prof.key_averages():
+        split[category(ev.key)] += ev.self_cpu_time_total
+    total = sum(split.values())
+    print(f"{a.model} {what}, {torch.get_num_threads()} threads: {total / a.steps / 1e3:.0f} ms per step (profiled)")
+    for cat, t in sorted(split.items(), key=lambda kv: -kv[1]):
+        print(f"  {cat:12s} {100 * t / total:5.1f} %  {t / a.steps / 1e3:7.1f} ms")
+    prod = sum(split[c] for c in PRODUCTS)
+    print(f"products (conv / matmul, attention) {prod / a.steps / 1e3:.1f} ms, "
+          f"everything else {(total - prod) / a.steps / 1e3:.1f} ms per step")
+    if a.top:
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.top))
+
+
+def _our_step(a, x, y):
+    from spikeformers.speed import keep_freed_memory
+    keep_freed_memory()
     from spikeformers.models import create_model
+    from spikeformers.optim import build_optimizer
     from spikeformers.speed import fuse, optimize, quantize_int8
     model = create_model(a.model, T=4, img_size=32, num_classes=10)
     if not a.no_optimize:
         optimize(model)
-    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
     ac = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16")
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    opt = build_optimizer("sgd", list(model.parameters()), lr=0.01)   # momentum 0.9, fused: as spikeformers bench
     if a.infer:
         model.eval()
         if not a.no_optimize:
@@ -92,22 +127,44 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    step()
-    with profile() as prof:
-        for _ in range(a.steps):
-            step()
-    split = defaultdict(float)
-    for ev in prof.key_averages():
-        split[category(ev.key)] += ev.self_cpu_time_total
-    total = sum(split.values())
-    print(f"{a.model} {'inference' if a.infer else 'train step'}, {a.precision}, "
-          f"{'plain layers' if a.no_optimize else 'optimized'}{', int8 products' if a.int8 else ''}, "
-          f"{torch.get_num_threads()} threads: "
-          f"{total / a.steps / 1e3:.0f} ms per step (profiled)")
-    for cat, t in sorted(split.items(), key=lambda kv: -kv[1]):
-        print(f"  {cat:12s} {100 * t / total:5.1f} %  {t / a.steps / 1e3:7.1f} ms")
-    if a.top:
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.top))
+    what = (f"{'inference' if a.infer else 'train step'}, {a.precision}, "
+            f"{'plain layers' if a.no_optimize else 'optimized'}{', int8 products' if a.int8 else ''}")
+    return step, what
+
+
+def _sj_step(a, x, y):
+    import importlib
+
+    try:
+        from spikingjelly.activation_based import functional
+    except ImportError:
+        raise SystemExit("--spikingjelly needs SpikingJelly: run this script with benchmarks/.sj-venv/bin/python "
+                         "(python benchmarks/compare_spikingjelly.py creates that environment)") from None
+    from compare_spikingjelly import SJ_MODELS
+    if a.model not in SJ_MODELS:
+        raise SystemExit(f"--spikingjelly knows {', '.join(SJ_MODELS)}; got {a.model!r}")
+    module, factory, kwargs = SJ_MODELS[a.model]
+    torch.manual_seed(0)
+    model = getattr(importlib.import_module(module), factory)(**kwargs)
+    functional.set_step_mode(model, "m")
+    net = torch.compile(model) if a.sj_compile else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train(not a.infer)
+
+    def step():
+        functional.reset_net(model)
+        if a.infer:
+            with torch.inference_mode():
+                net(x)
+            return
+        out = net(x)
+        F.cross_entropy(out.mean(0) if out.dim() == 3 else out, y).backward()   # spikformer: per-step logits
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    what = (f"SpikingJelly 2.0.0 {'inference' if a.infer else 'train step'}, float32"
+            f"{', torch.compile' if a.sj_compile else ', eager'}")
+    return step, what
 
 
 if __name__ == "__main__":

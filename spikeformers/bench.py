@@ -152,9 +152,10 @@ def bench_model(name: str, T: int = 4, batch: int = 16, img_size: int = 32, num_
     """Measure ``name`` (a registered model, with ``model_kwargs`` overriding its config) at
     ``[batch, in_chans, img_size, img_size]``; ``precision="auto"`` takes the faster format as
     training does (``train.resolve_precision``). ``int8`` (default: on a CPU whose PyTorch has
-    oneDNN's int8 operators) times inference with :func:`speed.quantize_int8` (int8 weights, exact
-    spike inputs; an approximation like bf16, see the README) and also reports the same inference
-    with float products as ``infer_float_img_s``."""
+    oneDNN's int8 operators, unless ``compile``) times inference with :func:`speed.quantize_int8`
+    (int8 weights, exact spike inputs; an approximation like bf16, see the README) and also reports
+    the same inference with float products as ``infer_float_img_s``. Compiled, the int8 products
+    run eagerly between compiled pieces (a graph break each), so ``compile`` defaults to float."""
     from . import kernels
     from .train import resolve_precision
     from .models import create_model
@@ -164,7 +165,7 @@ def bench_model(name: str, T: int = 4, batch: int = 16, img_size: int = 32, num_
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
     precision = resolve_precision(precision, torch.device(device))
     if int8 is None:
-        int8 = device == "cpu" and int8_available()
+        int8 = device == "cpu" and int8_available() and not compile
     elif int8 and (device != "cpu" or not int8_available()):
         raise ValueError(f"int8 inference needs a CPU with PyTorch's oneDNN int8 operators (device {device!r})")
     torch.manual_seed(seed)

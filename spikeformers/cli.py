@@ -274,7 +274,7 @@ def convert(official, source, kwargs_json, out):
 @click.option("--fuse/--no-fuse", default=True, help="fold BatchNorm into the convs for inference")
 @click.option("--int8/--no-int8", default=None,
               help="inference with int8 products where a layer's input is spikes (weights rounded per channel; "
-                   "README 'Performance' for the accuracy); default: on for a CPU with oneDNN's int8 operators")
+                   "README 'Performance' for the accuracy); default: on for a CPU with oneDNN's int8 operators, off with --compile")
 @click.option("--reps", default=5, type=click.IntRange(min=1), help="timed repetitions (median)")
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="torch CPU threads (default: all cores)")
 @click.option("--device", default="cpu", help="cpu or cuda")

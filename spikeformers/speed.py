@@ -436,6 +436,11 @@ def unfused_batchnorms(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+@torch.compiler.disable
+def _int8_eager(module: "Int8Products", x: torch.Tensor) -> torch.Tensor:
+    return module._forward(x)
+
+
 class Int8Products(nn.Module):
     """Inference wrapper of one ``nn.Linear`` / ``nn.Conv1d`` (kernel 1) / ``nn.Conv2d`` (and the
     speed variants above) whose products run in int8 when the input allows it exactly.
@@ -500,6 +505,11 @@ class Int8Products(nn.Module):
         return self._conv_packs[shape]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():   # the uint8 check is a C call and inductor cannot lower the
+            return _int8_eager(self, x)      # prepacked oneDNN weights: a graph break, run eagerly
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         xi = None
         wants_grad = torch.is_grad_enabled() and (x.requires_grad or self.layer.weight.requires_grad)
         if x.device.type == "cpu" and not wants_grad:
