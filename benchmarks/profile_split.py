@@ -39,13 +39,12 @@ CATS = [
     ("bn+lif", ("_BatchNormLIF", "spikeformers::bnlif")),
     ("attention", ("aten::bmm", "aten::baddbmm")),
     ("neurons", ("_FusedLIF", "_FusedTernary", "_HeavisideBackward", "_Heaviside", "spikeformers::lif",
-                 "spikeformers::ternary")),
+                 "spikeformers::ternary", "sj_lif", "MultiStepLIF", "neuron_kernel")),   # the last three: SpikingJelly
     ("batchnorm", ("batch_norm", "_BatchNormTrain", "spikeformers::bn")),
     ("copies", ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous")),
     ("elementwise", ("aten::mul", "aten::add", "aten::sub", "aten::div", "aten::ge", "aten::lt", "aten::sigmoid",
                      "aten::where", "aten::abs", "aten::sum", "aten::mean", "aten::fill_")),
     ("pooling", ("max_pool", "_MaxPool", "spikeformers::maxpool")),
-    ("neurons", ("sj_lif", "MultiStepLIF", "neuron_kernel")),
     ("compiled", ("CompiledFxGraph", "Torch-Compiled Region", "TorchDynamo")),
 ]
 PRODUCTS = ("conv", "attention")

@@ -41,8 +41,8 @@ import torch
 
 __all__ = ["available", "status", "supports", "disabled", "lif_forward", "lif_backward",
            "ternary_forward", "ternary_backward", "batchnorm_supports", "batchnorm_forward",
-           "batchnorm_backward", "update_running_stats", "bnlif_supports", "bnlif_forward", "maxpool_supports", "maxpool_forward",
-           "maxpool_backward", "to_uint8_exact"]
+           "batchnorm_backward", "update_running_stats", "bnlif_supports", "bnlif_forward", "maxpool_supports",
+           "maxpool_forward", "maxpool_backward", "to_uint8_exact"]
 
 _SRCS = [Path(__file__).with_name("csrc") / f for f in ("neurons.c", "batchnorm.c", "pool.c", "convert.c")]
 _COMMON = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp"]   # -fopenmp dropped if unsupported
