@@ -135,9 +135,10 @@ def train(config_file, set_items, threads, **opts):
     if not m:  # a non-zero rank under torchrun
         return
     raw = f" (EMA weights; the trained weights' best {m['best_test_acc_raw']:.2f} %)" if "best_test_acc_raw" in m else ""
-    total = m.get("elapsed_s", 0.0)
-    # elapsed_s (to the last epoch's end) exceeds this process's wall time only when earlier processes add theirs
-    resumed = f" ({total / 60:.1f} min over all processes of the run)" if total > m["wall_s"] else ""
+    earlier = m.get("earlier_processes_s", 0.0)
+    # decided by what the state file says earlier processes spent, not by comparing two clocks read at different
+    # moments (elapsed_s stops at the last epoch's end, wall_s after the final checkpoints: a fast run raced)
+    resumed = f" ({(earlier + m['wall_s']) / 60:.1f} min over all processes of the run)" if earlier > 0 else ""
     click.echo(f"done: best test accuracy {m['best_test_acc']:.2f} %{raw} in {m['wall_s'] / 60:.1f} min{resumed}; "
                f"checkpoints in {cfg.out}/ (best.safetensors, last.safetensors), log {cfg.out}/metrics.jsonl")
 

@@ -510,6 +510,7 @@ def fit(cfg: TrainConfig, progress: bool = True) -> dict:
     if ema is not None:
         metrics["best_test_acc_raw"] = best_raw
     metrics["wall_s"] = time.perf_counter() - t_start
+    metrics["earlier_processes_s"] = elapsed_before   # 0.0 unless this process resumed a killed run
     return metrics
 
 
