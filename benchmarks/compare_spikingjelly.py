@@ -43,15 +43,53 @@ SJ_MODELS = {
                         dict(T=4, in_channels=3, num_classes=10)),
 }
 
+
+def build_sj_model(name: str):
+    """SpikingJelly's counterpart of ``name`` (SJ_MODELS), in multi-step mode; needs SpikingJelly."""
+    import importlib
+
+    from spikingjelly.activation_based import functional
+    module, factory, kwargs = SJ_MODELS[name]
+    model = getattr(importlib.import_module(module), factory)(**kwargs)
+    functional.set_step_mode(model, "m")
+    return model
+
+
+def sj_steps(model, x, y, compiled: bool = False):
+    """``(train, infer)``: SpikingJelly's train step (reset the neurons' state, forward, cross-entropy,
+    backward, SGD with momentum 0.9) and inference step on ``model``, through ``torch.compile`` when
+    ``compiled``. The caller sets ``model.train()`` / ``model.eval()``."""
+    import torch
+    import torch.nn.functional as F
+    from spikingjelly.activation_based import functional
+    net = torch.compile(model) if compiled else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def train():
+        functional.reset_net(model)
+        out = net(x)
+        if out.dim() == 3:   # spikformer_cifar10 returns per-step logits [T, N, K]
+            out = out.mean(0)
+        F.cross_entropy(out, y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def infer():
+        functional.reset_net(model)
+        with torch.inference_mode():
+            net(x)
+
+    return train, infer
+
+
 WORKER = r'''
-import importlib, json, statistics, sys, time
-import torch, torch.nn.functional as F
+import json, statistics, sys, time
 cfg = json.loads(sys.argv[1])
+sys.path.insert(0, cfg["bench_dir"])
+import torch
+from compare_spikingjelly import build_sj_model, sj_steps
 torch.set_num_threads(cfg["threads"]); torch.manual_seed(0)
-from spikingjelly.activation_based import functional
-mod = importlib.import_module(cfg["module"])
-model = getattr(mod, cfg["factory"])(**cfg["kwargs"])
-functional.set_step_mode(model, "m")
+model = build_sj_model(cfg["model"])
 x = torch.randn(16, 3, 32, 32); y = torch.randint(0, 10, (16,))
 def timed(fn, warmup, reps):
     for _ in range(warmup): fn()
@@ -61,20 +99,10 @@ def timed(fn, warmup, reps):
     return statistics.median(ts)
 out = {}
 for compiled in ([False, True] if cfg["compile"] else [False]):
-    net = torch.compile(model) if compiled else model
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    def train():
-        functional.reset_net(model)
-        out = net(x)
-        if out.dim() == 3: out = out.mean(0)  # spikformer_cifar10 returns per-step logits [T, N, K]
-        F.cross_entropy(out, y).backward(); opt.step(); opt.zero_grad(set_to_none=True)
-    def infer():
-        functional.reset_net(model)
-        with torch.inference_mode(): net(x)
+    train, infer = sj_steps(model, x, y, compiled)
     model.train(); tr = timed(train, cfg["warmup"] + 2 * compiled, cfg["reps"])
     model.eval(); inf = timed(infer, cfg["warmup"] + 2 * compiled, cfg["reps"])
-    key = "compiled" if compiled else "eager"
-    out[key] = {"train_img_s": 16 / tr, "infer_img_s": 16 / inf}
+    out["compiled" if compiled else "eager"] = {"train_img_s": 16 / tr, "infer_img_s": 16 / inf}
 print("RESULT " + json.dumps(out))
 '''
 
@@ -108,8 +136,7 @@ def run_ours(model: str, threads: int, reps: int, compile_: bool = False) -> dic
 
 
 def run_sj(py: Path, model: str, threads: int, reps: int, compile_: bool) -> dict:
-    module, factory, kwargs = SJ_MODELS[model]
-    cfg = dict(module=module, factory=factory, kwargs=kwargs, threads=threads, reps=reps, warmup=2,
+    cfg = dict(model=model, bench_dir=str(ROOT / "benchmarks"), threads=threads, reps=reps, warmup=2,
                compile=compile_)
     r = subprocess.run([str(py), "-c", WORKER, json.dumps(cfg)], capture_output=True, text=True)
     if r.returncode != 0:

@@ -132,38 +132,21 @@ def _our_step(a, x, y):
 
 
 def _sj_step(a, x, y):
-    import importlib
-
     try:
-        from spikingjelly.activation_based import functional
+        import spikingjelly  # noqa: F401
     except ImportError:
         raise SystemExit("--spikingjelly needs SpikingJelly: run this script with benchmarks/.sj-venv/bin/python "
                          "(python benchmarks/compare_spikingjelly.py creates that environment)") from None
-    from compare_spikingjelly import SJ_MODELS
+    from compare_spikingjelly import SJ_MODELS, build_sj_model, sj_steps
     if a.model not in SJ_MODELS:
         raise SystemExit(f"--spikingjelly knows {', '.join(SJ_MODELS)}; got {a.model!r}")
-    module, factory, kwargs = SJ_MODELS[a.model]
     torch.manual_seed(0)
-    model = getattr(importlib.import_module(module), factory)(**kwargs)
-    functional.set_step_mode(model, "m")
-    net = torch.compile(model) if a.sj_compile else model
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model = build_sj_model(a.model)
+    train, infer = sj_steps(model, x, y, a.sj_compile)
     model.train(not a.infer)
-
-    def step():
-        functional.reset_net(model)
-        if a.infer:
-            with torch.inference_mode():
-                net(x)
-            return
-        out = net(x)
-        F.cross_entropy(out.mean(0) if out.dim() == 3 else out, y).backward()   # spikformer: per-step logits
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
     what = (f"SpikingJelly 2.0.0 {'inference' if a.infer else 'train step'}, float32"
             f"{', torch.compile' if a.sj_compile else ', eager'}")
-    return step, what
+    return (infer if a.infer else train), what
 
 
 if __name__ == "__main__":
