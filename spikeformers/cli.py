@@ -9,20 +9,39 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .engine.config import TrainConfig
+from .errors import ConfigError, SpikeformersError
 
 
 class _Main(click.Group):
-    """Turns our own error types into one clear line instead of a traceback."""
+    """Turns our own errors (:class:`~spikeformers.errors.SpikeformersError`) into one clear line;
+    any other exception is a bug and keeps its traceback."""
 
     def invoke(self, ctx):
-        from .checkpoint import CheckpointError
-        from .data import DatasetError
-        from .train import TrainingError
         try:
             return super().invoke(ctx)
-        except (CheckpointError, DatasetError, TrainingError, KeyError, ValueError, TypeError) as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            raise click.ClickException(f"{type(e).__name__}: {msg}") from None
+        except SpikeformersError as e:
+            raise click.ClickException(f"{type(e).__name__}: {e}") from None
+
+
+def _d(name: str):
+    """The training option ``name``'s default, from :class:`~spikeformers.engine.config.TrainConfig`."""
+    return TrainConfig.default(name)
+
+
+def _help(name: str) -> str:
+    from .engine.config import flat_fields
+    return flat_fields()[name][2].get("help", "")
+
+
+def _threads(threads: int | None) -> None:
+    """Set torch's CPU threads (when given) and keep freed memory for the long commands."""
+    import torch
+
+    from .accel import keep_freed_memory
+    if threads:
+        torch.set_num_threads(threads)
+    keep_freed_memory()   # big tensors through malloc; SPIKEFORMERS_MALLOC=0 opts out
 
 
 def _json_object(text: str | None, flag: str) -> dict:
@@ -43,8 +62,6 @@ def _json_object(text: str | None, flag: str) -> dict:
 @click.version_option(__version__, prog_name="spikeformers")
 def main():
     """spikeformers: spiking vision transformers - build, train, evaluate, measure."""
-    from .speed import keep_freed_memory
-    keep_freed_memory()   # every command runs big tensors through malloc; SPIKEFORMERS_MALLOC=0 opts out
 
 
 DATASETS = ["fashion-mnist", "cifar10", "cifar100", "imagefolder", "dvs128-gesture", "cifar10-dvs"]
@@ -56,20 +73,47 @@ def _parse_sets(items) -> dict:
     out = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"--set expects key=value, got {item!r}")
         k, v = item.split("=", 1)
-        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        try:
+            out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from None
     return out
 
 
 def load_config_file(path) -> dict:
-    """A flat YAML mapping of TrainConfig fields (see configs/)."""
+    """A YAML mapping of training options, nested by section or flat (see configs/); a syntax error
+    is reported with its file, line and column."""
     import yaml
-    with open(path) as f:
-        d = yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            d = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML ({problem}); expected a mapping of training options "
+                          "such as 'optim: {lr: 0.001}'") from None
     if not isinstance(d, dict):
-        raise ValueError(f"{path}: expected a YAML mapping of training options, got {type(d).__name__}")
+        raise ConfigError(f"{path}: expected a YAML mapping of training options, got {type(d).__name__}")
     return d
+
+
+def _flatten(d: dict) -> dict:
+    """Nested recipe sections as flat option names (so that command-line options override them)."""
+    from .engine.config import SECTIONS, flat_fields
+    by_field = {(sec, name): flat for flat, (sec, name, _) in flat_fields().items()}
+    out = {}
+    for k, v in d.items():
+        if k in SECTIONS and isinstance(v, dict):
+            for name, value in v.items():
+                if (k, name) not in by_field:
+                    raise ConfigError(f"unknown option {name!r} in section {k!r} of the recipe")
+                out[by_field[(k, name)]] = value
+        else:
+            out[k] = v
+    return out
 
 
 @main.command(context_settings={"show_default": True})
@@ -77,34 +121,30 @@ def load_config_file(path) -> dict:
               help="YAML recipe (configs/*.yaml); explicit options and --set override it")
 @click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
               help="override any training option, e.g. --set lr=1e-3 --set randaugment=null (repeatable)")
-@click.option("--optimizer", default="adamw", type=click.Choice(["adamw", "lamb", "sgd", "adam"]))
-@click.option("--precision", default="auto", type=click.Choice(["auto", "fp32", "bf16"]),
-              help="bf16 autocast on CPU or GPU; auto = bf16 where the hardware has it natively (AVX512-BF16/AMX, CUDA bf16), else fp32")
-@click.option("--compile", "compile", is_flag=True, default=None, help="torch.compile the model (minutes to build on CPU)")
-@click.option("--fast-layers/--no-fast-layers", default=None,
-              help="1x1 convs as matmuls with channels-last tensors (default on; same weights)")
-@click.option("--accum-steps", default=1, type=click.IntRange(min=1), help="gradient accumulation steps")
-@click.option("--tet", is_flag=True, help="TET loss on per-time-step logits (Deng et al. 2022)")
-@click.option("--sync-bn", is_flag=True, help="SyncBatchNorm under torchrun (GPU only)")
-@click.option("--workers", default=2, type=click.IntRange(min=0), help="DataLoader workers (not Fashion-MNIST)")
-@click.option("--model", default="a2os2a_fmnist", show_default=True, help="registered model name (see `spikeformers models`)")
-@click.option("--data", default="fashion-mnist", show_default=True, type=click.Choice(DATASETS), help="dataset")
-@click.option("--data-dir", default=None, help="dataset folder (default: $SPIKEFORMERS_DATA or the system copy)")
-@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=3e-3, show_default=True, type=float, help="peak learning rate (AdamW)")
-@click.option("--weight-decay", default=0.01, show_default=True, type=float)
-@click.option("--warmup-epochs", default=0.25, show_default=True, type=float)
-@click.option("--label-smoothing", default=0.1, show_default=True, type=float)
-@click.option("--T", "T", default=None, type=click.IntRange(min=1), help="time steps (default: the model's)")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--ema", default=0.0, show_default=True, type=float,
-              help="EMA decay of the weights, e.g. 0.9998 (0 = off); the EMA weights are evaluated and kept as best")
-@click.option("--out", default=None, help="folder for checkpoints and logs [default: runs/MODEL]")
-@click.option("--resume", is_flag=True, help="continue a killed run from OUT/last.safetensors")
-@click.option("--init-from", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="start from this checkpoint's weights (same model; fresh optimizer and schedule)")
-@click.option("--max-steps", default=None, type=click.IntRange(min=1), help="stop after N optimizer steps")
+@click.option("--optimizer", default=_d("optimizer"), type=click.Choice(["adamw", "lamb", "sgd", "adam"]))
+@click.option("--precision", default=_d("precision"), type=click.Choice(["auto", "fp32", "bf16"]), help=_help("precision"))
+@click.option("--compile", "compile", is_flag=True, default=None, help=_help("compile"))
+@click.option("--fast-layers/--no-fast-layers", default=None, help=_help("fast_layers") + " [default: on]")
+@click.option("--accum-steps", default=_d("accum_steps"), type=click.IntRange(min=1), help=_help("accum_steps"))
+@click.option("--tet", is_flag=True, default=_d("tet"), help=_help("tet"))
+@click.option("--sync-bn", is_flag=True, default=_d("sync_bn"), help=_help("sync_bn"))
+@click.option("--workers", default=_d("workers"), type=click.IntRange(min=0), help=_help("workers"))
+@click.option("--model", default=_d("model"), help=_help("model"))
+@click.option("--data", default=_d("data"), type=click.Choice(DATASETS), help=_help("data"))
+@click.option("--data-dir", default=_d("data_dir"), help=_help("data_dir"))
+@click.option("--epochs", default=_d("epochs"), type=click.IntRange(min=1))
+@click.option("--batch-size", default=_d("batch_size"), type=click.IntRange(min=1), help=_help("batch_size"))
+@click.option("--lr", default=_d("lr"), type=float, help=_help("lr"))
+@click.option("--weight-decay", default=_d("weight_decay"), type=float, help=_help("weight_decay"))
+@click.option("--warmup-epochs", default=_d("warmup_epochs"), type=float, help=_help("warmup_epochs"))
+@click.option("--label-smoothing", default=_d("label_smoothing"), type=float, help=_help("label_smoothing"))
+@click.option("--T", "T", default=_d("T"), type=click.IntRange(min=1), help=_help("T"))
+@click.option("--seed", default=_d("seed"), type=int, help=_help("seed"))
+@click.option("--ema", default=_d("ema"), type=float, help=_help("ema"))
+@click.option("--out", default=_d("out"), help="folder for checkpoints and logs [default: runs/MODEL]")
+@click.option("--resume", is_flag=True, default=_d("resume"), help=_help("resume"))
+@click.option("--init-from", default=_d("init_from"), type=click.Path(exists=True, dir_okay=False), help=_help("init_from"))
+@click.option("--max-steps", default=_d("max_steps"), type=click.IntRange(min=1), help=_help("max_steps"))
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="torch CPU threads (default: all cores)")
 @click.option("--model-kwargs", default=None, help='JSON of extra model kwargs, e.g. \'{"embed_dim": 256}\'')
 def train(config_file, set_items, threads, **opts):
@@ -113,24 +153,24 @@ def train(config_file, set_items, threads, **opts):
     Options come from, in increasing priority: the defaults, --config FILE, options given on the
     command line, --set KEY=VALUE. Under `torchrun --nproc_per_node N -m spikeformers train ...`
     it trains with DistributedDataParallel."""
-    import torch
     from click.core import ParameterSource
-    from .train import TrainConfig, fit
-    if threads:
-        torch.set_num_threads(threads)
+
+    from .engine.trainer import fit
+    _threads(threads)
     ctx = click.get_current_context()
-    d = {k: v for k, v in opts.items() if v is not None or k in ("out", "T", "max_steps", "data_dir", "init_from")}
+    d = {k: v for k, v in opts.items() if v is not None}
     if config_file:
-        d.update(load_config_file(config_file))
+        d = {**d, **_flatten(load_config_file(config_file))}
     for k, v in opts.items():
         if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE:
             d[k] = v
     d.update(_parse_sets(set_items))
     if isinstance(d.get("model_kwargs"), str):
         d["model_kwargs"] = _json_object(d["model_kwargs"], "--model-kwargs")
-    d["model_kwargs"] = d.get("model_kwargs") or {}
-    d["out"] = d.get("out") or f"runs/{d['model']}"
     cfg = TrainConfig.from_dict(d)
+    if not cfg.model.kwargs:
+        cfg = cfg.replace(model_kwargs={})
+    cfg = cfg.replace(out=cfg.out)   # runs/MODEL unless given
     m = fit(cfg)
     if not m:  # a non-zero rank under torchrun
         return
@@ -152,23 +192,24 @@ def train(config_file, set_items, threads, **opts):
 @click.option("--tta-flip", is_flag=True, help="average the logits of each image and its horizontal mirror")
 @click.option("--int8", is_flag=True,
               help="evaluate the inference path `spikeformers bench` times: BatchNorm folded, bf16 weights, int8 "
-                   "products where a layer's input is spikes (an approximation like bf16; README 'Performance')")
+                   "products where a layer's input is spikes (an approximation like bf16; docs/performance.md)")
 def eval_cmd(checkpoint, data, data_dir, batch_size, json_out, tta_flip, int8):
     """Evaluate a checkpoint on the test set."""
     import contextlib
 
     import torch
 
-    from .checkpoint import load_checkpoint
-    from .speed import int8_available, int8_inference
-    from .train import TrainConfig, build_data, evaluate
+    from .accel import int8_available, int8_inference
+    from .engine import evaluate, load_checkpoint
+    from .engine.trainer import data_loaders
+    _threads(None)
     if int8 and not int8_available():
         raise click.UsageError("--int8 needs a CPU build of PyTorch with oneDNN's int8 operators (x86); "
                                "evaluate without it")
     model, meta = load_checkpoint(checkpoint)
-    _, test, info = build_data(TrainConfig(data=data, data_dir=data_dir, batch_size=batch_size))
+    _, test, info = data_loaders(TrainConfig.from_dict(data=data, data_dir=data_dir, batch_size=batch_size))
     if (model.in_chans, model.img_size, model.num_classes) != (info["in_chans"], info["img_size"], info["num_classes"]):
-        raise ValueError(f"checkpoint model {meta.get('model')} expects [B,{model.in_chans},{model.img_size},"
+        raise ConfigError(f"checkpoint model {meta.get('model')} expects [B,{model.in_chans},{model.img_size},"
                          f"{model.img_size}] with {model.num_classes} classes; {data} has [B,{info['in_chans']},"
                          f"{info['img_size']},{info['img_size']}] with {info['num_classes']} classes")
     ctx = contextlib.nullcontext()
@@ -179,6 +220,12 @@ def eval_cmd(checkpoint, data, data_dir, batch_size, json_out, tta_flip, int8):
     click.echo(f"{meta.get('model')} on {data} test ({m['n']} images{', flip TTA' if tta_flip else ''}"
                f"{', int8 products' if int8 else ''}): accuracy {m['acc']:.2f} %, loss {m['loss']:.4f}, "
                f"{m['img_s']:.0f} img/s")
+    classes = info.get("classes") or []
+    if m["per_class_acc"]:
+        click.echo("per class:")
+        for k, acc in enumerate(m["per_class_acc"]):
+            name = classes[k] if k < len(classes) else str(k)
+            click.echo(f"  {k:>3} {str(name)[:24]:<24} {acc:6.2f} %")
     if json_out:
         with open(json_out, "w") as f:
             json.dump({"model": meta.get("model"), "data": data, "tta_flip": tta_flip, "int8": int8, **m}, f, indent=2)
@@ -187,14 +234,15 @@ def eval_cmd(checkpoint, data, data_dir, batch_size, json_out, tta_flip, int8):
 @main.command()
 @click.argument("pattern", required=False)
 @click.option("--params/--no-params", default=True, show_default=True, help="count parameters (builds each model on the meta device)")
-@click.option("--markdown", is_flag=True, help="print the README models table (params, paper accuracy, source)")
+@click.option("--markdown", is_flag=True, help="print the models table in Markdown (params, paper accuracy, source)")
 def models(pattern, params, markdown):
     """List registered models (optionally matching a glob PATTERN)."""
     import torch
+
     from .models import create_model, list_models, model_entry
     names = list_models(pattern)
     if not names:
-        raise ValueError(f"no registered model matches {pattern!r}")
+        raise ConfigError(f"no registered model matches {pattern!r}; see `spikeformers models` for the list")
     if markdown:
         from .models.table import markdown_table
         click.echo(markdown_table(pattern))
@@ -248,7 +296,7 @@ def data_check(name, data_dir, T, split_by):
 @click.option("--out", required=True, help="output .safetensors (a .json sidecar is written beside it)")
 def convert(official, source, kwargs_json, out):
     """Convert an official checkpoint OFFICIAL (.pth) into a spikeformers checkpoint."""
-    from .checkpoint import save_checkpoint
+    from .engine.checkpoint import save_checkpoint
     from .models.official import from_official
     kw = _json_object(kwargs_json, "--kwargs")
     model = from_official(official, source, **kw)
@@ -275,7 +323,7 @@ def convert(official, source, kwargs_json, out):
 @click.option("--fuse/--no-fuse", default=True, help="fold BatchNorm into the convs for inference")
 @click.option("--int8/--no-int8", default=None,
               help="inference with int8 products where a layer's input is spikes (weights rounded per channel; "
-                   "README 'Performance' for the accuracy); default: on for a CPU with oneDNN's int8 operators, off with --compile")
+                   "docs/performance.md for the accuracy); default: on for a CPU with oneDNN's int8 operators, off with --compile")
 @click.option("--reps", default=5, type=click.IntRange(min=1), help="timed repetitions (median)")
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="torch CPU threads (default: all cores)")
 @click.option("--device", default="cpu", help="cpu or cuda")
@@ -285,10 +333,8 @@ def bench(name, T, batch, img_size, num_classes, precision, compile_, optimize, 
           as_json, model_kwargs):
     """Train / inference images per second, peak memory and achieved GFLOP/s of a model, against
     this machine's measured fp32 and bf16 matmul peaks."""
-    import torch
-    from .bench import bench_model
-    if threads:
-        torch.set_num_threads(threads)
+    from .analysis.bench import bench_model
+    _threads(threads)
     r = bench_model(name, T=T, batch=batch, img_size=img_size, num_classes=num_classes, precision=precision,
                     compile=compile_, optimize=optimize, fuse=fuse, reps=reps, device=device,
                     model_kwargs=_json_object(model_kwargs, "--model-kwargs"), int8=int8)
@@ -343,16 +389,13 @@ def compare(attentions, backbone, model_kwargs, attn_kwargs, energy_images, spee
     """Train one backbone with each attention under the same seed, data and budget; write a table
     (accuracy, params, firing rate, energy under both accountings, train/inference img/s) as
     Markdown and CSV, and a plot of accuracy against energy."""
-    import torch
-    from .compare import compare as run_compare
-    from .models.plugins import ATTENTIONS
-    from .train import TrainConfig
-    if threads:
-        torch.set_num_threads(threads)
+    from .analysis.compare import compare as run_compare
+    from .nn.attention import ATTENTIONS
+    _threads(threads)
     names = list(ATTENTIONS) if attentions.strip() == "all" else [a.strip() for a in attentions.split(",") if a.strip()]
     mk = _json_object(model_kwargs, "--model-kwargs")
     ak = _json_object(attn_kwargs, "--attn-kwargs")
-    base = TrainConfig(model=backbone, model_kwargs=mk, out=out, **opts)
+    base = TrainConfig.from_dict(model=backbone, model_kwargs=mk, out=out, **opts)
     rows = run_compare(names, backbone, out, base, ak, energy_images, speed_images, tp_keep, halting,
                        recalibrate_bn)
     click.echo(Path(out, "compare.md").read_text())
@@ -374,8 +417,9 @@ def download(dataset, dest):
 def _energy_setup(model, checkpoint, data, data_dir, batches, batch_size, seed, model_kwargs, calibrate_bn):
     """(model in eval mode, list of input batches, note about the weights) for energy / audit."""
     import torch
-    from .checkpoint import load_checkpoint
-    from .energy import calibrate_batchnorm
+
+    from .analysis.energy import calibrate_batchnorm
+    from .engine.checkpoint import load_checkpoint
     from .models import create_model
     kwargs = _json_object(model_kwargs, "--model-kwargs")
     if checkpoint:
@@ -384,7 +428,7 @@ def _energy_setup(model, checkpoint, data, data_dir, batches, batch_size, seed, 
     elif model:
         net, note = create_model(model, **kwargs), "weights: random init (untrained)"
     else:
-        raise ValueError("give --model NAME or --checkpoint FILE")
+        raise ConfigError("give --model NAME or --checkpoint FILE")
     c, s = net.in_chans, net.img_size
     if data == "random":
         g = torch.Generator().manual_seed(seed)
@@ -394,7 +438,7 @@ def _energy_setup(model, checkpoint, data, data_dir, batches, batch_size, seed, 
         from .data import InMemoryLoader, load_fashion_mnist
         from .data import fashion_mnist as fmnist
         if (c, s) != (1, 28):
-            raise ValueError(f"model {getattr(net, 'model_name', '?')} expects input [B,{c},{s},{s}]; "
+            raise ConfigError(f"model {getattr(net, 'model_name', '?')} expects input [B,{c},{s},{s}]; "
                              f"fashion-mnist is [B,1,28,28] (use --data random for this model)")
         xte, yte = load_fashion_mnist("test", data_dir)
         loader = InMemoryLoader(xte, yte, batch_size, fmnist.MEAN, fmnist.STD)
@@ -405,7 +449,7 @@ def _energy_setup(model, checkpoint, data, data_dir, batches, batch_size, seed, 
             xs.append(x)
         note += f"; data: first {sum(len(x) for x in xs)} Fashion-MNIST test images"
     else:
-        raise ValueError(f"unknown --data {data!r}; expected 'fashion-mnist' or 'random'")
+        raise ConfigError(f"unknown --data {data!r}; expected 'fashion-mnist' or 'random'")
     if calibrate_bn:
         calibrate_batchnorm(net, xs[0])
         note += "; BatchNorm statistics calibrated on the first batch"
@@ -447,11 +491,9 @@ def energy(model, checkpoint, data, data_dir, batch_size, seed, model_kwargs, th
     """Per-layer FLOPs, firing rates, MACs/ACs/SOPs and energy per image (E_MAC 4.6 pJ, E_AC 0.9 pJ).
 
     `paper` counts energy the way the model's own paper does; `strict` counts every product without
-    a spike operand as a MAC (the Spikingformer tool's rule). See spikeformers/energy.py."""
-    from . import energy as E
-    if threads:
-        import torch
-        torch.set_num_threads(threads)
+    a spike operand as a MAC (the Spikingformer tool's rule). See docs/energy.md."""
+    from .analysis import energy as E
+    _threads(threads)
     net, xs, note = _energy_setup(model, checkpoint, data, data_dir, batches, batch_size, seed,
                                   model_kwargs, calibrate_bn)
     accs = ["paper", "strict"] if accounting == "both" else [accounting]
@@ -480,10 +522,8 @@ def energy(model, checkpoint, data, data_dir, batch_size, seed, model_kwargs, th
 def audit(ctx, model, checkpoint, data, data_dir, batch_size, seed, model_kwargs, threads, calibrate_bn, batches):
     """List every product of two non-spike operands (real x real; integer is non-spike) outside the
     first layer and the classifier; exit 1 if there is any."""
-    from . import energy as E
-    if threads:
-        import torch
-        torch.set_num_threads(threads)
+    from .analysis import energy as E
+    _threads(threads)
     net, xs, note = _energy_setup(model, checkpoint, data, data_dir, batches, batch_size, seed,
                                   model_kwargs, calibrate_bn)
     report = E.measure(net, xs)

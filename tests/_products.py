@@ -1,5 +1,5 @@
 """A dispatch-mode recorder of every tensor x tensor product (convolution, matmul, elementwise mul)
-for the addition-only tests; written independently of spikeformers.energy, which it checks."""
+for the addition-only tests; written independently of spikeformers.analysis.energy, which it checks."""
 
 from torch.utils._python_dispatch import TorchDispatchMode
 import torch

@@ -16,12 +16,12 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 pytest.importorskip("triton")
 
 from spikeformers import kernels  # noqa: E402
-from spikeformers.neurons import IF, LIF, Ternary, _lif_loop  # noqa: E402
+from spikeformers.nn.neurons import IF, LIF, Ternary, _lif_loop  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tk():
-    return importlib.import_module("spikeformers.triton_kernels")
+    return importlib.import_module("spikeformers.kernels.gpu")
 
 
 CASES = [dict(tau=2.0), dict(tau=4.0, v_threshold=0.5), dict(tau=2.0, v_reset=None),

@@ -10,7 +10,7 @@ from spikeformers.data import randaugment as ra
 from spikeformers.data.mixup import Mixup, cutmix_box
 from spikeformers.data.transforms import (CenterCrop, RandomCrop, RandomErasing, RandomHorizontalFlip,
                                           RandomResizedCrop, build_image_transform, resize)
-from spikeformers.losses import label_smoothing_cross_entropy, soft_target_cross_entropy, tet_loss
+from spikeformers.engine.losses import label_smoothing_cross_entropy, soft_target_cross_entropy, tet_loss
 
 
 def img(c=3, h=8, w=10, seed=0):

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from spikeformers import create_model, list_models
-from spikeformers.energy import (E_AC_PJ, E_MAC_PJ, EnergyRecorder, audit, measure, plot_attention,
+from spikeformers.analysis.energy import (E_AC_PJ, E_MAC_PJ, EnergyRecorder, audit, measure, plot_attention,
                                  plot_firing_rates)
-from spikeformers import energy
+from spikeformers.analysis import energy
 from spikeformers.neurons import LIF
 
 

@@ -61,8 +61,8 @@ def test_audit_command_exit_codes():
 
 def test_energy_and_audit_from_a_checkpoint(tmp_path):
     from spikeformers import create_model
-    from spikeformers.checkpoint import save_checkpoint
-    from spikeformers.energy import calibrate_batchnorm
+    from spikeformers.engine.checkpoint import save_checkpoint
+    from spikeformers.analysis.energy import calibrate_batchnorm
     torch.manual_seed(0)
     m = create_model("a2os2a_fmnist", attn_kwargs={"out_neuron": False})
     calibrate_batchnorm(m, torch.randn(4, 1, 28, 28))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from spikeformers import kernels
-from spikeformers.neurons import IF, LIF, Ternary, ATan, Sigmoid, _lif_loop
+from spikeformers.nn.neurons import IF, LIF, Ternary, ATan, Sigmoid, _lif_loop
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available() or not kernels.triton_available(),
                           reason="needs a CUDA device and Triton")

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from spikeformers import kernels
 from spikeformers.cli import main
 from spikeformers.models import create_model
-from spikeformers.models.spikformer import ConvSSA
-from spikeformers.speed import (Int8Products, MatmulConv1d, MatmulConv2d, SmallMapConv2d, fuse, int8_available,
+from spikeformers.nn.attention import ConvSSA
+from spikeformers.accel import (Int8Products, MatmulConv1d, MatmulConv2d, SmallMapConv2d, fuse, int8_available,
                                 optimize, quantize_int8)
 
 needs_int8 = pytest.mark.skipif(not int8_available(), reason="no oneDNN int8 operators in this PyTorch build")
@@ -184,7 +184,7 @@ def test_int8_products_run_eagerly_inside_a_compiled_model():
 
 
 def test_bench_compile_defaults_to_float_inference():
-    from spikeformers.bench import bench_model
+    from spikeformers.analysis.bench import bench_model
     r = bench_model("sdt_2_256_cifar", T=1, batch=2, img_size=16, compile=True, train=False, infer=False,
                     peaks=False)
     assert r.int8 is False and r.compile is True

@@ -5,7 +5,7 @@ import torch
 
 import spikeformers as sf
 from _products import ProductRecorder
-from spikeformers.attention import A2OS2A, SpikeDrivenSelfAttention
+from spikeformers.nn.attention import A2OS2A, SpikeDrivenSelfAttention
 
 SMALL = dict(embed_dim=64, num_heads=4, depth=1)
 

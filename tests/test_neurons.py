@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from spikeformers import neurons as N
+from spikeformers.nn import neurons as N
 from spikeformers.neurons import (
     ATan, IF, LIF, PLIF, ReLUNeuron, Sigmoid, StraightThrough, Ternary, Triangle, spike,
     surrogate_from_config,

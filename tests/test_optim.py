@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from spikeformers.optim import Lamb, build_ema, build_optimizer, ema_decay
+from spikeformers.engine.optim import Lamb, build_ema, build_optimizer, ema_decay
 
 
 def test_lamb_single_step_by_hand():

@@ -8,10 +8,12 @@ import torch
 from click.testing import CliRunner
 
 import spikeformers as sf
-from spikeformers import checkpoint as ck
+from spikeformers.engine import checkpoint as ck
 from spikeformers.cli import main
 from spikeformers.data import fashion_mnist as fm
-from spikeformers.train import TrainConfig, TrainingError, fit
+from spikeformers.engine.config import TrainConfig
+from spikeformers.engine.trainer import fit
+from spikeformers.errors import TrainingError
 
 from test_data import _fake_dataset
 
@@ -72,13 +74,13 @@ def _cfg(fake, out, **kw):
     base = dict(data_dir=str(fake), epochs=2, batch_size=64, max_steps=None, out=str(out),
                 model_kwargs=dict(TINY), T=1, warmup_epochs=0.0)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_dict(base)
 
 
 def _die_at_evaluation(monkeypatch, n):
     """Make the n-th call of ``train.evaluate`` raise KeyboardInterrupt (the process killed there);
     returns the real ``evaluate`` for the caller to put back."""
-    import spikeformers.train as tr
+    import spikeformers.engine.trainer as tr
     real_evaluate, calls = tr.evaluate, []
 
     def killed(model, loader, **kw):
@@ -93,14 +95,14 @@ def _die_at_evaluation(monkeypatch, n):
 
 def test_fit_smoke_and_resume(fake_fmnist, tmp_path, monkeypatch):
     # 2 epochs of 3 steps each: shrink the data so a run takes seconds.
-    import spikeformers.train as tr
-    real_load = tr.load_fashion_mnist
+    import spikeformers.engine.trainer as tr
+    real_load = fm.load_fashion_mnist
 
     def small(split, data_dir=None):
         x, y = real_load(split, data_dir)
         return x[:192], y[:192]
 
-    monkeypatch.setattr(tr, "load_fashion_mnist", small)
+    monkeypatch.setattr(fm, "load_fashion_mnist", small)
     out = tmp_path / "run"
     full = fit(_cfg(fake_fmnist, tmp_path / "full"), progress=False)
     real_evaluate = _die_at_evaluation(monkeypatch, 2)   # the process dies during epoch 2's evaluation
@@ -127,9 +129,9 @@ def test_fit_smoke_and_resume(fake_fmnist, tmp_path, monkeypatch):
 
 
 def test_init_from_starts_from_the_checkpoint_weights(fake_fmnist, tmp_path, monkeypatch):
-    import spikeformers.train as tr
-    real_load = tr.load_fashion_mnist
-    monkeypatch.setattr(tr, "load_fashion_mnist", lambda s, d=None: tuple(t[:128] for t in real_load(s, d)))
+    import spikeformers.engine.trainer as tr
+    real_load = fm.load_fashion_mnist
+    monkeypatch.setattr(fm, "load_fashion_mnist", lambda s, d=None: tuple(t[:128] for t in real_load(s, d)))
     torch.manual_seed(123)  # weights no seed_everything(0) model has
     src = sf.create_model("a2os2a_fmnist", **TINY, T=1)
     p = ck.save_checkpoint(tmp_path / "src.safetensors", src)
@@ -147,9 +149,9 @@ def test_init_from_starts_from_the_checkpoint_weights(fake_fmnist, tmp_path, mon
 
 
 def test_nan_loss_is_reported(fake_fmnist, tmp_path, monkeypatch):
-    import spikeformers.train as tr
-    real_load = tr.load_fashion_mnist
-    monkeypatch.setattr(tr, "load_fashion_mnist", lambda s, d=None: tuple(t[:128] for t in real_load(s, d)))
+    import spikeformers.engine.trainer as tr
+    real_load = fm.load_fashion_mnist
+    monkeypatch.setattr(fm, "load_fashion_mnist", lambda s, d=None: tuple(t[:128] for t in real_load(s, d)))
     real_create = tr.create_model
 
     def poisoned(name, **kw):  # a diverged model: its classifier bias holds a NaN
@@ -164,9 +166,9 @@ def test_nan_loss_is_reported(fake_fmnist, tmp_path, monkeypatch):
 
 
 def test_cli_models_train_eval(fake_fmnist, tmp_path, monkeypatch):
-    import spikeformers.train as tr
-    real_load = tr.load_fashion_mnist
-    monkeypatch.setattr(tr, "load_fashion_mnist", lambda s, d=None: tuple(t[:128] for t in real_load(s, d)))
+    import spikeformers.engine.trainer as tr
+    real_load = fm.load_fashion_mnist
+    monkeypatch.setattr(fm, "load_fashion_mnist", lambda s, d=None: tuple(t[:128] for t in real_load(s, d)))
     r = CliRunner().invoke(main, ["models", "a2os2a_*"])
     assert r.exit_code == 0 and "a2os2a_fmnist" in r.output and "params=" in r.output
     out = tmp_path / "cli"
@@ -182,14 +184,14 @@ def test_cli_models_train_eval(fake_fmnist, tmp_path, monkeypatch):
                                   "--tta-flip", "--json", str(tmp_path / "t.json")])
     assert r.exit_code == 0 and "flip TTA" in r.output, r.output
     assert json.loads((tmp_path / "t.json").read_text())["tta_flip"] is True
-    from spikeformers.speed import int8_available
+    from spikeformers.accel import int8_available
     if int8_available():   # the int8 inference path: runs, says so, reports the same number of images
         r = CliRunner().invoke(main, ["eval", "--checkpoint", str(out / "best.safetensors"), "--data-dir",
                                       str(fake_fmnist), "--int8", "--json", str(tmp_path / "q.json")])
         assert r.exit_code == 0 and "int8 products" in r.output, r.output
         q = json.loads((tmp_path / "q.json").read_text())
         assert q["int8"] is True and q["n"] == 128 and 0.0 <= q["acc"] <= 100.0
-    import spikeformers.speed as sp
+    import spikeformers.accel as sp
     monkeypatch.setattr(sp, "int8_available", lambda: False)
     r = CliRunner().invoke(main, ["eval", "--checkpoint", str(out / "best.safetensors"), "--int8"])
     assert r.exit_code != 0 and "oneDNN's int8 operators" in r.output
@@ -200,7 +202,8 @@ def test_cli_models_train_eval(fake_fmnist, tmp_path, monkeypatch):
 
 
 def test_precision_auto_follows_native_bf16(monkeypatch):
-    from spikeformers.train import TrainConfig, _check_config, resolve_precision
+    from spikeformers.engine.config import TrainConfig
+    from spikeformers.engine.hardware import resolve_precision
 
     cpu = torch.device("cpu")
     for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
@@ -209,25 +212,24 @@ def test_precision_auto_follows_native_bf16(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
     assert resolve_precision("auto", cpu) == "bf16"
     # AVX512-BF16 without AMX: the matmul probe decides (bf16 must beat fp32 by 10 %)
-    import spikeformers.bench as bench
-    import spikeformers.train as train
+    import spikeformers.engine.hardware as hw
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
     for bf16, fp32, want in ((380.0, 150.0, "bf16"), (152.0, 239.0, "fp32"), (105.0, 100.0, "fp32")):
-        monkeypatch.setattr(train, "_BF16_PROBE", {})
-        monkeypatch.setattr(bench, "matmul_peak", lambda dtype, n=0, reps=0, b=bf16, f=fp32:
+        monkeypatch.setattr(hw, "_BF16_PROBE", {})
+        monkeypatch.setattr(hw, "matmul_peak", lambda dtype, n=0, reps=0, b=bf16, f=fp32:
                             b if dtype == torch.bfloat16 else f)
         assert resolve_precision("auto", cpu) == want, (bf16, fp32)
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
-    assert TrainConfig().precision == "auto"
+    assert TrainConfig().runtime.precision == "auto"
     with pytest.raises(ValueError, match="precision must be 'auto', 'fp32' or 'bf16'"):
-        _check_config(TrainConfig(precision="fp16"))
+        TrainConfig.from_dict(precision="fp16").check()
 
 
 def test_evaluate_flip_tta_averages_mirrored_logits():
     """tta_flip scores each image by the mean of its logits and its mirror's: a model that only
     sees the left half of the image, fed images whose class is written in one half."""
-    from spikeformers.train import evaluate
+    from spikeformers.engine.evaluate import evaluate
 
     class LeftHalf(torch.nn.Module):
         def __init__(self):
@@ -251,9 +253,9 @@ def test_evaluate_flip_tta_averages_mirrored_logits():
 
 
 def test_ema_run_keeps_ema_weights_and_resumes(fake_fmnist, tmp_path, monkeypatch):
-    import spikeformers.train as tr
-    real_load = tr.load_fashion_mnist
-    monkeypatch.setattr(tr, "load_fashion_mnist", lambda s, d=None: tuple(t[:192] for t in real_load(s, d)))
+    import spikeformers.engine.trainer as tr
+    real_load = fm.load_fashion_mnist
+    monkeypatch.setattr(fm, "load_fashion_mnist", lambda s, d=None: tuple(t[:192] for t in real_load(s, d)))
     full = tmp_path / "full"
     m = fit(_cfg(fake_fmnist, full, ema=0.9), progress=False)
     assert {"test_acc_raw", "test_loss_raw", "best_test_acc_raw"} <= set(m)
@@ -263,7 +265,7 @@ def test_ema_run_keeps_ema_weights_and_resumes(fake_fmnist, tmp_path, monkeypatc
     assert any(not torch.equal(ema_w[k], raw_w[k]) for k in raw_w)   # the average is not the last weights
     # the reported test accuracy is the EMA weights' own (independently re-evaluated)
     model, _ = ck.load_checkpoint(full / "ema.safetensors")
-    _, test, _ = tr.build_data(_cfg(fake_fmnist, full))
+    _, test, _ = tr.data_loaders(_cfg(fake_fmnist, full))
     assert tr.evaluate(model, test, progress=False)["acc"] == pytest.approx(m["test_acc"])
 
     # killed during epoch 2's first evaluation, then resumed: the same EMA as the uninterrupted run
@@ -283,22 +285,22 @@ def test_ema_run_keeps_ema_weights_and_resumes(fake_fmnist, tmp_path, monkeypatc
 
 
 def test_cli_train_ema_flag(fake_fmnist, tmp_path, monkeypatch):
-    import spikeformers.train as tr
-    real_load = tr.load_fashion_mnist
-    monkeypatch.setattr(tr, "load_fashion_mnist", lambda s, d=None: tuple(t[:128] for t in real_load(s, d)))
+    import spikeformers.engine.trainer as tr
+    real_load = fm.load_fashion_mnist
+    monkeypatch.setattr(fm, "load_fashion_mnist", lambda s, d=None: tuple(t[:128] for t in real_load(s, d)))
     out = tmp_path / "cli_ema"
     r = CliRunner().invoke(main, ["train", "--data-dir", str(fake_fmnist), "--epochs", "1", "--T", "1", "--ema", "0.9",
                                   "--out", str(out), "--model-kwargs", json.dumps(TINY)])
     assert r.exit_code == 0, r.output
     assert "EMA weights; the trained weights' best" in r.output
     assert "over all processes" not in r.output   # one process: no total beside its wall time
-    assert json.loads((out / "config.json").read_text())["ema"] == 0.9 and (out / "ema.safetensors").is_file()
+    assert json.loads((out / "config.json").read_text())["optim"]["ema"] == 0.9 and (out / "ema.safetensors").is_file()
 
 
 def test_cli_train_resumed_reports_the_time_over_all_processes(fake_fmnist, tmp_path, monkeypatch):
-    import spikeformers.train as tr
-    real_load = tr.load_fashion_mnist
-    monkeypatch.setattr(tr, "load_fashion_mnist", lambda s, d=None: tuple(t[:128] for t in real_load(s, d)))
+    import spikeformers.engine.trainer as tr
+    real_load = fm.load_fashion_mnist
+    monkeypatch.setattr(fm, "load_fashion_mnist", lambda s, d=None: tuple(t[:128] for t in real_load(s, d)))
     _die_at_evaluation(monkeypatch, 2)   # killed in epoch 2; the resumed process passes the count
     args = ["train", "--data-dir", str(fake_fmnist), "--epochs", "2", "--T", "1", "--out", str(tmp_path / "r"),
             "--model-kwargs", json.dumps(TINY)]
@@ -315,9 +317,9 @@ def test_cli_train_resumed_reports_the_time_over_all_processes(fake_fmnist, tmp_
 
 
 def test_ema_raw_every_tests_the_trained_weights_on_those_epochs_and_the_last(fake_fmnist, tmp_path, monkeypatch):
-    import spikeformers.train as tr
-    real_load = tr.load_fashion_mnist
-    monkeypatch.setattr(tr, "load_fashion_mnist", lambda s, d=None: tuple(t[:128] for t in real_load(s, d)))
+    import spikeformers.engine.trainer as tr
+    real_load = fm.load_fashion_mnist
+    monkeypatch.setattr(fm, "load_fashion_mnist", lambda s, d=None: tuple(t[:128] for t in real_load(s, d)))
     out = tmp_path / "every"
     fit(_cfg(fake_fmnist, out, epochs=5, ema=0.9, ema_raw_every=2), progress=False)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -325,12 +327,3 @@ def test_ema_raw_every_tests_the_trained_weights_on_those_epochs_and_the_last(fa
     assert all("test_acc" in r for r in rows)
     with pytest.raises(ValueError, match="ema_raw_every must be >= 1"):
         fit(_cfg(fake_fmnist, tmp_path / "bad", ema=0.9, ema_raw_every=0), progress=False)
-
-
-def test_logged_elapsed_reads_the_epoch_line(tmp_path):
-    # state files written before the state kept elapsed_s: the resume reads that epoch's metrics line
-    from spikeformers.train import _logged_elapsed
-    log = tmp_path / "metrics.jsonl"
-    assert _logged_elapsed(log, 1) == 0.0
-    log.write_text('{"epoch": 1, "elapsed_s": 10.5}\n{"epoch": 2, "elapsed_s": 21.0}\n\n')
-    assert _logged_elapsed(log, 2) == 21.0 and _logged_elapsed(log, 1) == 10.5 and _logged_elapsed(log, 3) == 0.0

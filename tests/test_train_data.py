@@ -13,7 +13,8 @@ import yaml
 from click.testing import CliRunner
 
 from spikeformers.cli import main
-from spikeformers.train import TrainConfig, lr_schedule
+from spikeformers.engine.config import TrainConfig
+from spikeformers.engine.schedule import lr_schedule
 from test_data_readers import make_cifar10, make_gesture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,24 +48,25 @@ def test_every_config_is_a_valid_training_config():
     assert len(files) >= 20
     for f in files:
         d = yaml.safe_load(f.read_text())
-        assert f.read_text().startswith("# ") and "section" in f.read_text().splitlines()[0], f
+        assert f.read_text().startswith("# "), f   # what the recipe is and where it comes from
+        assert set(d) <= {"model", "data", "augment", "optim", "schedule", "runtime"}, f   # nested by section
         cfg = TrainConfig.from_dict(d)  # unknown keys raise
-        if cfg.randaugment:
-            parse_randaugment(cfg.randaugment)
-        assert cfg.optimizer in ("adamw", "lamb") and cfg.epochs > cfg.warmup_epochs
-    assert yaml.safe_load((REPO / "configs/sdt_imagenet.yaml").read_text())["optimizer"] == "lamb"
+        if cfg.augment.randaugment:
+            parse_randaugment(cfg.augment.randaugment)
+        assert cfg.optim.optimizer in ("adamw", "lamb") and cfg.schedule.epochs > cfg.schedule.warmup_epochs
+    assert yaml.safe_load((REPO / "configs/sdt_imagenet.yaml").read_text())["optim"]["optimizer"] == "lamb"
 
 
 def test_schedule_warmup_cosine_cooldown():
-    cfg = TrainConfig(lr=1.0, min_lr=0.0, warmup_lr=0.1, warmup_epochs=2, epochs=12, cooldown_epochs=2,
-                      sched_per="epoch")
+    cfg = TrainConfig.from_dict(lr=1.0, min_lr=0.0, warmup_lr=0.1, warmup_epochs=2, epochs=12, cooldown_epochs=2,
+                                sched_per="epoch")
     spe = 10
-    lrs = [lr_schedule(cfg, e * spe, spe, 12 * spe) for e in range(12)]
+    lrs = [lr_schedule(cfg.schedule, cfg.optim.lr, e * spe, spe, 12 * spe) for e in range(12)]
     assert lrs[0] == pytest.approx(0.1) and lrs[1] == pytest.approx(0.55)
     # after warm-up: timm cosine over t_initial = 10 epochs from epoch 0, then min_lr for the cooldown
     assert lrs[5] == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.5)))
     assert lrs[10] == pytest.approx(0.0) and lrs[11] == pytest.approx(0.0)
-    assert lr_schedule(cfg, 5 * spe + 7, spe, 120) == lrs[5]  # constant within an epoch
+    assert lr_schedule(cfg.schedule, cfg.optim.lr, 5 * spe + 7, spe, 120) == lrs[5]  # constant within an epoch
 
 
 def test_train_cifar_from_config_with_overrides(cifar_dir, tmp_path):
@@ -77,7 +79,7 @@ def test_train_cifar_from_config_with_overrides(cifar_dir, tmp_path):
                                   "--max-steps", "3", "--precision", "bf16", "--accum-steps", "2",
                                   "--model-kwargs", TINY, "--set", "label_smoothing=0.2"])
     assert r.exit_code == 0, r.output
-    saved = json.loads((out / "config.json").read_text())
+    saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text())).flat()
     assert saved["optimizer"] == "lamb" and saved["label_smoothing"] == 0.2 and saved["accum_steps"] == 2
     assert saved["precision"] == "bf16" and saved["T"] == 2
     log = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
@@ -141,7 +143,7 @@ def test_from_rank0_makes_two_processes_agree(tmp_path):
     script = tmp_path / "agree.py"
     script.write_text(
         "import os, sys\n"
-        "from spikeformers import distributed as d\n"
+        "from spikeformers.engine import distributed as d\n"
         "ctx = d.init_distributed()\n"
         "mine = 'bf16' if ctx.rank == 0 else 'fp32'\n"
         "got = d.from_rank0(ctx, mine)\n"

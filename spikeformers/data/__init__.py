@@ -12,8 +12,14 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..errors import ConfigError
 from .common import DatasetInfo, DatasetNotFoundError
-from .fashion_mnist import DatasetError, download_fashion_mnist, find_fashion_mnist, load_fashion_mnist
+from .fashion_mnist import (
+    DatasetError,
+    download_fashion_mnist,
+    find_fashion_mnist,
+    load_fashion_mnist,
+)
 from .loader import InMemoryLoader, check_erasing, random_crop_flip, random_erase
 
 __all__ = ["build_dataset", "build_datasets", "list_datasets", "register_dataset", "DatasetInfo",
@@ -53,7 +59,7 @@ def build_train_eval_transforms(train: bool, img_size: int, mean, std, defaults:
 
 def _check_unused(name: str, kw: dict) -> None:
     if kw:
-        raise TypeError(f"build_dataset({name!r}): unexpected options {sorted(kw)}")
+        raise ConfigError(f"build_dataset({name!r}): unexpected options {sorted(kw)}")
 
 
 @register_dataset("cifar10")
@@ -88,7 +94,12 @@ def _imagefolder(data_dir, train: bool, *, name: str, transform=None, img_size: 
 
 
 def _event_transform(train: bool, event_aug: str | None):
-    from .event_augment import DVSAugment, EventHorizontalFlip, EventRoll, SNNAugmentWide
+    from .event_augment import (
+        DVSAugment,
+        EventHorizontalFlip,
+        EventRoll,
+        SNNAugmentWide,
+    )
 
     if not train or event_aug in (None, "none", ""):
         return None
@@ -96,7 +107,7 @@ def _event_transform(train: bool, event_aug: str | None):
              "wide": lambda: SNNAugmentWide(), "flip+wide": lambda: DVSAugment(0.5, 0, True),
              "flip+roll": lambda: DVSAugment(0.5, 5, False)}
     if event_aug not in table:
-        raise ValueError(f"event_aug must be one of {sorted(table)} or 'none', got {event_aug!r}")
+        raise ConfigError(f"event_aug must be one of {sorted(table)} or 'none', got {event_aug!r}")
     return table[event_aug]()
 
 
@@ -178,7 +189,7 @@ def build_dataset(name: str, data_dir, train: bool, **kw):
                "fmnist": "fashion-mnist", "fashionmnist": "fashion-mnist"}
     key = aliases.get(key, key)
     if key not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; known: {list_datasets()}")
+        raise ConfigError(f"unknown dataset {name!r}; known: {list_datasets()}")
     return _REGISTRY[key](data_dir, train, name=key, **kw)
 
 

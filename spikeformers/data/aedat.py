@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError, DatasetError
+
 __all__ = ["read_aedat31", "read_aedat2_raw", "read_cifar10dvs_aedat", "skip_aedat_header",
            "write_aedat31", "write_aedat2"]
 
@@ -58,19 +60,19 @@ def read_aedat31(path: str | Path) -> dict:
     buf = Path(path).read_bytes()
     pos = skip_aedat_header(buf)
     if not buf.startswith(b"#!AER-DAT3"):
-        raise ValueError(f"{path}: not an AEDAT 3.x file (first line {buf[:16]!r}, expected '#!AER-DAT3.1')")
+        raise DatasetError(f"{path}: not an AEDAT 3.x file (first line {buf[:16]!r}, expected '#!AER-DAT3.1')")
     datas, stamps = [], []
     n = len(buf)
     while pos + _HEADER.size <= n:
         etype, _src, esize, tsoff, tsovf, cap, num, _valid = _HEADER.unpack_from(buf, pos)
         pos += _HEADER.size
         if esize <= 0 or num < 0:
-            raise ValueError(f"{path}: corrupt packet header at byte {pos - _HEADER.size} "
+            raise DatasetError(f"{path}: corrupt packet header at byte {pos - _HEADER.size} "
                              f"(eventSize {esize}, eventNumber {num})")
         length = max(cap, num) * esize
         if etype == POLARITY_EVENT and num > 0:
             if pos + num * esize > n:
-                raise ValueError(f"{path}: truncated polarity packet at byte {pos}")
+                raise DatasetError(f"{path}: truncated polarity packet at byte {pos}")
             raw = np.frombuffer(buf, dtype=np.uint8, count=num * esize, offset=pos).reshape(num, esize)
             data = raw[:, 0:4].copy().view("<u4").ravel()
             ts = raw[:, tsoff:tsoff + 4].copy().view("<i4").ravel().astype(np.int64)
@@ -113,7 +115,7 @@ def read_cifar10dvs_aedat(path: str | Path, orientation: str = "spikingjelly") -
     elif orientation == "dat2mat":
         x, y = 127 - rx, ry
     else:
-        raise ValueError(f"orientation must be 'spikingjelly' or 'dat2mat', got {orientation!r}")
+        raise ConfigError(f"orientation must be 'spikingjelly' or 'dat2mat', got {orientation!r}")
     return {"t": t, "x": x, "y": y, "p": p}
 
 

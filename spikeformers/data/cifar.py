@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError, DatasetError
 from .common import DatasetInfo, DatasetNotFoundError
 
 __all__ = ["CIFAR", "load_cifar_arrays", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD"]
@@ -58,7 +59,7 @@ def _unpickle(path: Path) -> dict:
 def load_cifar_arrays(data_dir: str | Path, num_classes: int, train: bool):
     """Return ``(images uint8 [N,3,32,32], labels int64 [N], class_names)``."""
     if num_classes not in (10, 100):
-        raise ValueError(f"num_classes must be 10 or 100, got {num_classes}")
+        raise ConfigError(f"num_classes must be 10 or 100, got {num_classes}")
     data_dir = Path(data_dir)
     folder = "cifar-10-batches-py" if num_classes == 10 else "cifar-100-python"
     name = f"CIFAR-{num_classes}"
@@ -78,23 +79,23 @@ def load_cifar_arrays(data_dir: str | Path, num_classes: int, train: bool):
             raise DatasetNotFoundError(name, data_dir, _LAYOUT[num_classes], f"missing file {p}")
         d = _unpickle(p)
         if b"data" not in d or label_key not in d:
-            raise ValueError(f"{p}: expected a pickled dict with keys b'data' and {label_key!r}, "
+            raise DatasetError(f"{p}: expected a pickled dict with keys b'data' and {label_key!r}, "
                              f"got keys {sorted(d.keys())}")
         data = np.asarray(d[b"data"], dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3072:
-            raise ValueError(f"{p}: expected b'data' of shape [N, 3072], got {list(data.shape)}")
+            raise DatasetError(f"{p}: expected b'data' of shape [N, 3072], got {list(data.shape)}")
         datas.append(data)
         labels.append(np.asarray(d[label_key], dtype=np.int64))
     data = np.concatenate(datas).reshape(-1, 3, 32, 32)
     lab = np.concatenate(labels)
     if len(lab) != len(data):
-        raise ValueError(f"{name}: {len(data)} images but {len(lab)} labels")
+        raise DatasetError(f"{name}: {len(data)} images but {len(lab)} labels")
     meta = _unpickle(root / meta_file)
     class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(names_key, [])]
     if len(class_names) != num_classes:
         class_names = [str(i) for i in range(num_classes)]
     if lab.size and (lab.min() < 0 or lab.max() >= num_classes):
-        raise ValueError(f"{name}: labels outside [0, {num_classes}): min {lab.min()}, max {lab.max()}")
+        raise DatasetError(f"{name}: labels outside [0, {num_classes}): min {lab.min()}, max {lab.max()}")
     return torch.from_numpy(data.copy()), torch.from_numpy(lab), class_names
 
 

@@ -53,7 +53,7 @@ class CIFAR10DVS(CachedEventFrames):
             missing = [c for c in CIFAR10DVS_CLASSES if not (data_dir / c).is_dir()]
             raise DatasetNotFoundError("CIFAR10-DVS", data_dir, LAYOUT, f"missing class folders {missing}")
         split = "train" if train else "test"
-        tag = f"cifar10-dvs" + ("" if orientation == "spikingjelly" else f"-{orientation}")
+        tag = "cifar10-dvs" + ("" if orientation == "spikingjelly" else f"-{orientation}")
         out_dir = cache_dir_for(cache_dir or root / "frames_cache", tag, T, split_by, split)
         files, labels = [], []
         work = []

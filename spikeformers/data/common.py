@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .fashion_mnist import DatasetError
+from ..errors import DatasetNotFoundError
 
 __all__ = ["DatasetInfo", "DatasetNotFoundError", "atomic_savez", "natural_key"]
 
@@ -37,15 +37,6 @@ class DatasetInfo:
             "name": self.name, "num_classes": self.num_classes, "in_chans": self.in_chans,
             "img_size": self.img_size, "T": self.T, "classes": list(self.classes),
         }
-
-
-class DatasetNotFoundError(DatasetError):
-    """A dataset is not where ``--data-dir`` says; the message shows the layout expected."""
-
-    def __init__(self, name: str, data_dir: str | os.PathLike, layout: str, detail: str = ""):
-        msg = (f"{name} not found under {str(data_dir)!r}{': ' + detail if detail else ''}.\n"
-               f"Expected this layout (download it yourself; nothing is fetched):\n{layout.rstrip()}")
-        super().__init__(msg)
 
 
 def atomic_savez(path: str | os.PathLike, compressed: bool = True, **arrays: np.ndarray) -> None:

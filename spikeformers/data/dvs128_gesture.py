@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
 from .aedat import read_aedat31
 from .common import DatasetInfo, DatasetNotFoundError
 from .event_cache import CachedEventFrames, cache_dir_for, write_frames
@@ -56,7 +57,7 @@ def read_gesture_labels(path: Path) -> np.ndarray:
         rows.append(parts)
     arr = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
     if len(arr) and (arr[:, 0].min() < 1 or arr[:, 0].max() > 11):
-        raise ValueError(f"{path}: classes must be 1..11, got {arr[:, 0].min()}..{arr[:, 0].max()}")
+        raise ConfigError(f"{path}: classes must be 1..11, got {arr[:, 0].min()}..{arr[:, 0].max()}")
     return arr
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
 from .randaugment import affine, rotate_matrix
 
 __all__ = ["EventHorizontalFlip", "EventRoll", "EventShear", "SNNAugmentWide", "DVSAugment",
@@ -21,7 +22,7 @@ __all__ = ["EventHorizontalFlip", "EventRoll", "EventShear", "SNNAugmentWide", "
 
 def _check(x):
     if x.ndim != 4:
-        raise ValueError(f"event augmentations expect frames [T, C, H, W], got shape {list(x.shape)}")
+        raise ConfigError(f"event augmentations expect frames [T, C, H, W], got shape {list(x.shape)}")
 
 
 def event_shear_x(x: torch.Tensor, s: float) -> torch.Tensor:

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError
 from .common import DatasetInfo, atomic_savez
-from .frames import events_to_frames
 
 __all__ = ["CachedEventFrames", "cache_dir_for", "write_frames"]
 
@@ -45,7 +45,7 @@ class CachedEventFrames(Dataset):
     def __init__(self, files: Sequence[Path], labels: Sequence[int], info: DatasetInfo,
                  img_size: int | None = None, in_chans: int = 2, transform: Callable | None = None):
         if in_chans not in (2, 3):
-            raise ValueError(f"in_chans for event frames must be 2 (ON/OFF) or 3 (ON/OFF/sum), got {in_chans}")
+            raise ConfigError(f"in_chans for event frames must be 2 (ON/OFF) or 3 (ON/OFF/sum), got {in_chans}")
         self.files, self.labels = list(files), [int(v) for v in labels]
         self.img_size, self.in_chans, self.transform = img_size, in_chans, transform
         self.info = info

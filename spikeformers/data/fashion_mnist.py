@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import ConfigError, DatasetError
+
 __all__ = ["load_fashion_mnist", "find_fashion_mnist", "download_fashion_mnist", "DatasetError",
            "CLASSES", "MEAN", "STD"]
 
@@ -51,10 +53,6 @@ HOW_TO_GET = (
     "(train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
     "t10k-labels-idx1-ubyte[.gz])."
 )
-
-
-class DatasetError(RuntimeError):
-    """A dataset is missing or corrupt; the message says what was expected and how to get it."""
 
 
 def _file_in(folder: Path, stem: str) -> Path | None:
@@ -111,7 +109,7 @@ def _read_idx(path: Path, magic: int, shape_tail: tuple[int, ...], count: int) -
 def load_fashion_mnist(split: str = "train", data_dir=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Images ``uint8 [N, 28, 28]`` and labels ``int64 [N]`` of ``split`` ("train" or "test")."""
     if split not in COUNTS:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
     folder = find_fashion_mnist(data_dir)
     images = _read_idx(_file_in(folder, FILES[(split, "images")]), 2051, (28, 28), COUNTS[split])
     labels = _read_idx(_file_in(folder, FILES[(split, "labels")]), 2049, (), COUNTS[split])

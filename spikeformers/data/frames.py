@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ConfigError
+
 __all__ = ["events_to_frames", "frame_boundaries"]
 
 
@@ -18,7 +20,7 @@ def frame_boundaries(t: np.ndarray, T: int, split_by: str) -> np.ndarray:
     """Indices ``b`` (length T+1) so frame i holds events ``b[i]:b[i+1]``; ``t`` must be sorted."""
     n = len(t)
     if T < 1:
-        raise ValueError(f"T must be >= 1, got {T}")
+        raise ConfigError(f"T must be >= 1, got {T}")
     if split_by == "number":
         b = np.arange(T + 1, dtype=np.int64) * (n // T)
     elif split_by == "time":
@@ -29,7 +31,7 @@ def frame_boundaries(t: np.ndarray, T: int, split_by: str) -> np.ndarray:
         b = np.searchsorted(t, edges, side="left").astype(np.int64)
         b[0] = 0
     else:
-        raise ValueError(f"split_by must be 'number' or 'time', got {split_by!r}")
+        raise ConfigError(f"split_by must be 'number' or 'time', got {split_by!r}")
     b[-1] = n
     return b
 
@@ -44,10 +46,10 @@ def events_to_frames(events: dict, T: int, H: int, W: int, split_by: str = "numb
         order = np.argsort(t, kind="stable")
         t, x, y, p = t[order], x[order], y[order], p[order]
     if len(x) and (x.min() < 0 or x.max() >= W or y.min() < 0 or y.max() >= H):
-        raise ValueError(f"event coordinates outside the {H}x{W} sensor: x in [{x.min()}, {x.max()}], "
+        raise ConfigError(f"event coordinates outside the {H}x{W} sensor: x in [{x.min()}, {x.max()}], "
                          f"y in [{y.min()}, {y.max()}]")
     if len(p) and (p.min() < 0 or p.max() > 1):
-        raise ValueError(f"polarity must be 0 or 1, got values in [{p.min()}, {p.max()}]")
+        raise ConfigError(f"polarity must be 0 or 1, got values in [{p.min()}, {p.max()}]")
     b = frame_boundaries(t, T, split_by)
     frame_idx = np.repeat(np.arange(T, dtype=np.int64), np.diff(b))
     flat = ((frame_idx * 2 + p) * H + y) * W + x

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import DatasetError
 from .common import DatasetInfo, DatasetNotFoundError
 
 __all__ = ["ImageFolder", "decode_image", "IMAGENET_MEAN", "IMAGENET_STD", "IMG_EXTENSIONS"]
@@ -65,7 +66,7 @@ class ImageFolder(Dataset):
             raise DatasetNotFoundError("image folder dataset", data_dir, LAYOUT, f"no class folders in {split_dir}")
         extra = sorted(set(_classes(split_dir)) - set(classes))
         if extra:
-            raise ValueError(f"{split_dir} has class folders not in train/: {extra[:5]}")
+            raise DatasetError(f"{split_dir} has class folders not in train/: {extra[:5]}")
         index = {c: i for i, c in enumerate(classes)}
         self.samples: list[tuple[str, int]] = []
         for c in _classes(split_dir):

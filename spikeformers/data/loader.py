@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from ..errors import ConfigError
+
 __all__ = ["InMemoryLoader", "random_crop_flip", "random_erase"]
 
 
@@ -29,9 +31,9 @@ def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch
 def check_erasing(p: float, mode: str) -> None:
     """Raise a ValueError unless ``p`` is a probability and ``mode`` one of :func:`random_erase`'s."""
     if mode not in ("const", "rand", "pixel"):
-        raise ValueError(f"random erasing mode must be const, rand or pixel, got {mode!r}")
+        raise ConfigError(f"random erasing mode must be const, rand or pixel, got {mode!r}")
     if not 0.0 <= p <= 1.0:
-        raise ValueError(f"random erasing probability must be in [0, 1], got {p}")
+        raise ConfigError(f"random erasing probability must be in [0, 1], got {p}")
 
 
 def random_erase(x: torch.Tensor, p: float, generator: torch.Generator, mode: str = "const",
@@ -75,11 +77,12 @@ class InMemoryLoader:
     """Iterates ``(images float [B,C,H,W] normalised, labels int64 [B])`` over uint8 images
     ``[N,H,W]`` or ``[N,C,H,W]``. ``train=True`` shuffles (seeded per epoch) and augments (random crop
     with ``padding``, horizontal flip, and random erasing with probability ``erasing`` after
-    normalisation, see :func:`random_erase`)."""
+    normalisation, see :func:`random_erase`). With a ``sampler`` (a
+    :class:`~spikeformers.data.sampler.BlockShardSampler`) the batches are this process's shard."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean: float, std: float,
                  train: bool = False, padding: int = 2, flip: bool = True, seed: int = 0, drop_last: bool = False,
-                 erasing: float = 0.0, erasing_mode: str = "const"):
+                 erasing: float = 0.0, erasing_mode: str = "const", sampler=None):
         if images.dim() == 3:
             images = images.unsqueeze(1)
         self.images, self.labels = images, labels
@@ -88,13 +91,16 @@ class InMemoryLoader:
         self.drop_last = drop_last
         check_erasing(erasing, erasing_mode)
         self.erasing, self.erasing_mode = erasing, erasing_mode
+        self.sampler = sampler   # a BlockShardSampler: this process's shard of every global batch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
-        n = len(self.labels)
+        n = len(self.labels) if self.sampler is None else len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     @property
@@ -104,7 +110,10 @@ class InMemoryLoader:
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
         n = len(self.labels)
-        order = torch.randperm(n, generator=g) if self.train else torch.arange(n)
+        if self.sampler is not None:
+            order = torch.tensor(list(self.sampler), dtype=torch.long)
+        else:
+            order = torch.randperm(n, generator=g) if self.train else torch.arange(n)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.images[idx].float().div_(255.0)

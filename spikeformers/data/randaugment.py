@@ -28,6 +28,8 @@ import re
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
+
 __all__ = ["RandAugment", "OPS", "parse_randaugment"]
 
 _LEVEL_DENOM = 10.0
@@ -223,13 +225,13 @@ def parse_randaugment(config: str) -> dict:
     """``'rand-m9-n1-mstd0.4-inc1'`` -> dict(magnitude=9, num_ops=1, magnitude_std=0.4, increasing=True, ...)."""
     parts = config.split("-")
     if parts[0] != "rand":
-        raise ValueError(f"RandAugment config must start with 'rand', got {config!r} "
+        raise ConfigError(f"RandAugment config must start with 'rand', got {config!r} "
                          f"(expected e.g. 'rand-m9-n2-mstd0.5-inc1')")
     out = dict(magnitude=10.0, num_ops=2, magnitude_std=0.0, magnitude_max=10.0, increasing=False, prob=0.5)
     for c in parts[1:]:
         m = re.fullmatch(r"([a-z]+)(\d.*)", c)
         if not m:
-            raise ValueError(f"RandAugment config {config!r}: cannot parse {c!r}")
+            raise ConfigError(f"RandAugment config {config!r}: cannot parse {c!r}")
         key, val = m.groups()
         if key == "mstd":
             v = float(val)
@@ -245,7 +247,7 @@ def parse_randaugment(config: str) -> dict:
         elif key == "p":
             out["prob"] = float(val)
         else:
-            raise ValueError(f"RandAugment config {config!r}: unknown key {key!r} "
+            raise ConfigError(f"RandAugment config {config!r}: unknown key {key!r} "
                              f"(known: m, n, mstd, mmax, inc, p)")
     return out
 
@@ -259,7 +261,7 @@ class RandAugment:
         self.ops = list(ops) if ops is not None else (_RAND_OPS_INC if increasing else _RAND_OPS)
         unknown = [o for o in self.ops if o not in OPS]
         if unknown:
-            raise ValueError(f"unknown RandAugment ops {unknown}; known: {sorted(OPS)}")
+            raise ConfigError(f"unknown RandAugment ops {unknown}; known: {sorted(OPS)}")
 
     @classmethod
     def from_config(cls, config: str, mean=None) -> "RandAugment":

@@ -13,6 +13,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
+
 __all__ = [
     "Compose", "Resize", "CenterCrop", "RandomCrop", "RandomResizedCrop", "RandomHorizontalFlip",
     "Normalize", "RandomErasing", "resize", "hflip", "build_image_transform",
@@ -36,7 +38,7 @@ def _randint(lo: int, hi: int) -> int:
 
 def _check(img: torch.Tensor) -> None:
     if img.ndim != 3:
-        raise ValueError(f"expected an image [C,H,W], got shape {list(img.shape)}")
+        raise ConfigError(f"expected an image [C,H,W], got shape {list(img.shape)}")
 
 
 def resize(img: torch.Tensor, size: int | tuple[int, int], interpolation: str = "bicubic") -> torch.Tensor:
@@ -125,7 +127,7 @@ class RandomCrop:
                 if self.padding_mode != "constant" else F.pad(img, (p, p, p, p))
         h, w = img.shape[-2:]
         if h < self.size or w < self.size:
-            raise ValueError(f"RandomCrop: padded image {h}x{w} is smaller than crop {self.size}")
+            raise ConfigError(f"RandomCrop: padded image {h}x{w} is smaller than crop {self.size}")
         top, left = _randint(0, h - self.size), _randint(0, w - self.size)
         return img[..., top:top + self.size, left:left + self.size]
 
@@ -186,7 +188,7 @@ class Normalize:
 
     def __call__(self, img):
         if img.shape[-3] != self.mean.shape[0]:
-            raise ValueError(f"Normalize: image has {img.shape[-3]} channels, mean/std have {self.mean.shape[0]}")
+            raise ConfigError(f"Normalize: image has {img.shape[-3]} channels, mean/std have {self.mean.shape[0]}")
         return (img - self.mean) / self.std
 
     def __repr__(self):
@@ -202,7 +204,7 @@ class RandomErasing:
     def __init__(self, p: float = 0.25, mode: str = "const", min_area: float = 0.02,
                  max_area: float = 1 / 3, min_aspect: float = 0.3, max_count: int = 1):
         if mode not in ("const", "rand", "pixel"):
-            raise ValueError(f"RandomErasing mode must be const, rand or pixel, got {mode!r}")
+            raise ConfigError(f"RandomErasing mode must be const, rand or pixel, got {mode!r}")
         self.p, self.mode, self.min_area, self.max_area = p, mode, min_area, max_area
         self.log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
         self.max_count = max_count
@@ -259,7 +261,7 @@ def build_image_transform(train: bool, img_size: int, mean=None, std=None, *, cr
     elif crop == "none":
         first = Resize((img_size, img_size), interpolation)
     else:
-        raise ValueError(f"crop must be 'rrc', 'pad' or 'none', got {crop!r}")
+        raise ConfigError(f"crop must be 'rrc', 'pad' or 'none', got {crop!r}")
     ra = RandAugment.from_config(randaugment, mean=mean) if randaugment else None
     erase = RandomErasing(random_erasing, random_erasing_mode) if random_erasing > 0 else None
     return Compose([first, RandomHorizontalFlip(hflip) if hflip > 0 else None, ra, norm, erase])

@@ -28,6 +28,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from ..errors import CheckpointError, ConfigError
 from .qkformer import QKFormer
 from .resformer import SpikingResformer
 from .sdt import SpikeDrivenTransformer
@@ -47,7 +48,7 @@ def load_official_state_dict(state_dict_or_path) -> dict[str, torch.Tensor]:
     if isinstance(obj, (str, os.PathLike)):
         obj = torch.load(obj, map_location="cpu", weights_only=True)
     if not isinstance(obj, Mapping):
-        raise TypeError(f"expected a state dict, a checkpoint dict or a path, got {type(obj).__name__}")
+        raise CheckpointError(f"expected a state dict, a checkpoint dict or a path, got {type(obj).__name__}")
     for container in ("model", "state_dict", "module"):
         if container in obj and isinstance(obj[container], Mapping):
             obj = obj[container]
@@ -55,7 +56,7 @@ def load_official_state_dict(state_dict_or_path) -> dict[str, torch.Tensor]:
     sd = dict(obj)
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise ValueError(f"not a state dict: entries {bad[:5]} are not tensors (expected a flat "
+        raise ConfigError(f"not a state dict: entries {bad[:5]} are not tensors (expected a flat "
                          "{name: tensor} dict, or a checkpoint with 'model' / 'state_dict')")
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
@@ -83,10 +84,10 @@ def _make(cls, **kw):
 
 def _need(name, value, official_default):
     if value is None:
-        raise TypeError(f"official argument {name!r} is required: the official default "
+        raise ConfigError(f"official argument {name!r} is required: the official default "
                         f"{official_default!r} does not build a model")
     if isinstance(value, (list, tuple)):
-        raise TypeError(f"official argument {name!r} must be a single value here, got {value!r}")
+        raise ConfigError(f"official argument {name!r} must be a single value here, got {value!r}")
     return value
 
 
@@ -104,7 +105,7 @@ def _spikformer(layout):
         # patch_size, qkv_bias, qk_scale, drop_*, norm_layer, sr_ratios: no effect on the forward.
         T = extra.pop("T", 4) if layout == "cifar" else 4  # the ImageNet file hard-codes T = 4
         if extra:
-            raise TypeError(f"unexpected official argument(s) {sorted(extra)} for the {layout} Spikformer")
+            raise ConfigError(f"unexpected official argument(s) {sorted(extra)} for the {layout} Spikformer")
         return _make(Spikformer, img_size=_square(img_size_h, img_size_w), in_chans=in_channels,
                           num_classes=num_classes, embed_dim=_need("embed_dims", embed_dims, [64, 128, 256]),
                           depths=_need("depths", depths, [6, 8, 6]),
@@ -142,7 +143,7 @@ def _qkformer(layout, heads=None):
               sr_ratios=None, T=4, pretrained_cfg=None, **extra):
         bad = set(extra) - ({"in_chans", "no_weight_decay"} if layout == "dvs" else set())  # DVS: unused
         if bad:
-            raise TypeError(f"unexpected official argument(s) {sorted(bad)} for the {layout} QKFormer")
+            raise ConfigError(f"unexpected official argument(s) {sorted(bad)} for the {layout} QKFormer")
         h = heads if heads is not None else _need("num_heads", num_heads, [1, 2, 4])
         return _make(QKFormer, img_size=_square(img_size_h, img_size_w), in_chans=in_channels, num_classes=num_classes,
                         embed_dim=_need("embed_dims", embed_dims, [64, 128, 256]),
@@ -172,7 +173,7 @@ _RESFORMER_STAGES = [["DSSA", "GWFFN"] * 1, ["DSSA", "GWFFN"] * 2, ["DSSA", "GWF
 def _resformer(layers=None, planes=None, num_heads=None, patch_sizes=None, img_size=224, T=4, in_channels=3,
                num_classes=1000, prologue=None, group_size=64, activation="LIF", **kwargs):
     if layers is None or planes is None or num_heads is None or patch_sizes is None:
-        raise TypeError("official SpikingResformer needs layers, planes, num_heads and patch_sizes")
+        raise ConfigError("official SpikingResformer needs layers, planes, num_heads and patch_sizes")
     depths = []
     for i, stage in enumerate(layers):
         stage = list(stage)
@@ -181,7 +182,7 @@ def _resformer(layers=None, planes=None, num_heads=None, patch_sizes=None, img_s
                                       "['DSSA', 'GWFFN'] pairs (every released model) are supported")
         depths.append(len(stage) // 2)
     if prologue not in (None, "cifar"):
-        raise ValueError(f"prologue must be None (the ImageNet stem) or 'cifar' (3x3 conv + BN), got {prologue!r}")
+        raise ConfigError(f"prologue must be None (the ImageNet stem) or 'cifar' (3x3 conv + BN), got {prologue!r}")
     activation = getattr(activation, "__name__", activation)
     return _make(SpikingResformer, planes=tuple(planes), num_heads=tuple(num_heads), patch_sizes=tuple(patch_sizes),
                             depths=tuple(depths), img_size=img_size, T=T, in_chans=in_channels,
@@ -282,17 +283,17 @@ def official_sources() -> list[str]:
 def _lookup(source: str) -> OfficialSource:
     parts = source.split(":")
     if len(parts) != 3:
-        raise ValueError(f"source must look like 'owner/repo:path/to/file.py:Name', got {source!r}")
+        raise ConfigError(f"source must look like 'owner/repo:path/to/file.py:Name', got {source!r}")
     repo, path, name = parts
     key = f"{repo.split('@')[0]}:{path}:{name}"
     if key not in _SOURCES:
-        raise ValueError(f"unknown official source {source!r}; supported sources:\n  " + "\n  ".join(official_sources()))
+        raise ConfigError(f"unknown official source {source!r}; supported sources:\n  " + "\n  ".join(official_sources()))
     return _SOURCES[key]
 
 
 def convert_state_dict(official: Mapping[str, torch.Tensor], model: nn.Module, keys: Callable[[str], str | None]):
     """Map official keys onto ``model``'s; returns (state dict for ``model``, dropped dead keys).
-    Raises ``KeyError`` naming unexpected / missing keys and ``ValueError`` naming shape mismatches."""
+    Raises a CheckpointError naming unexpected / missing keys, a ConfigError naming shape mismatches."""
     ours = model.state_dict()
     out, dropped, unexpected = {}, [], []
     for k, v in official.items():
@@ -311,11 +312,11 @@ def convert_state_dict(official: Mapping[str, torch.Tensor], model: nn.Module, k
         if missing:
             msg.append(f"  missing keys ({len(missing)}): {missing}")
         msg.append("  (check the source and the official constructor kwargs, e.g. embed_dims / depths)")
-        raise KeyError("\n".join(msg))
+        raise CheckpointError("\n".join(msg))
     shapes = [f"{k}: official {tuple(v.shape)}, expected {tuple(ours[k].shape)}"
               for k, v in out.items() if v.shape != ours[k].shape]
     if shapes:
-        raise ValueError("official weights have the wrong shapes for these kwargs:\n  " + "\n  ".join(shapes))
+        raise ConfigError("official weights have the wrong shapes for these kwargs:\n  " + "\n  ".join(shapes))
     return out, dropped
 
 

@@ -10,13 +10,13 @@ All residuals add spikes (SEW "ADD"), so the stream is integer-valued. Every neu
 SpikingJelly 0.0.0.0.12 multi-step LIF (tau 2, threshold 1, hard reset, Sigmoid(4) surrogate);
 the attention neuron fires at 0.5.
 
-Q-K token attention (QKTA, class ``TokenQKAttention``), per head with d channels::
+Q-K token attention (QKTA, :class:`~spikeformers.nn.attention.TokenQKAttention`), per head with d channels::
 
     Q, K = SN(BN(W_q X)), SN(BN(W_k X))          binary [T,B,h,d,N]
     A    = SN_0.5( sum over the d channels of Q )  one binary token mask per head [T,B,h,1,N]
     out  = SN(BN(W_p (A * K) + b_p))
 
-The Spikformer block of the last stage is Spikformer's SSA (``spikformer.ConvSSA``, scale 0.125)
+The Spikformer block of the last stage is Spikformer's SSA (:class:`~spikeformers.nn.attention.ConvSSA`, scale 0.125)
 and MLP (1x1 convs, ratio ``mlp_ratio``).
 
 Spiking patch embedding with deformed shortcut (SPEDS): Y = F(X) + SN(BN(W_d X)), W_d a strided
@@ -33,7 +33,7 @@ out = SN(BN(C3 b)) + SN(BN(C1/2 a)); CIFAR  a = SN(BN(C3 x)), out = SN(BN(C3 a))
 The CIFAR and DVS files hard-code the head count (8 and 16) whatever ``num_heads`` says.
 
 Official quirk behind a flag: ``proj_lif_over_tb`` (default False) runs the output neuron of every
-stage-3 SSA over the merged T*B axis, as all official QKFormer files do (spec §6.1): the membrane
+stage-3 SSA over the merged T*B axis, as all official QKFormer files do: the membrane
 leaks from one sample into the next, so outputs depend on batch size and order. Every published
 QKFormer accuracy includes it; the converter sets it.
 
@@ -46,11 +46,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import MaxPool, SpikingModel, conv_bn_fire, lif, seq, seq_once, token_mean
+from ..errors import ConfigError
+from ..nn.attention import ConvSSA, TokenQKAttention
+from ..nn.layers import (
+    ConvMLP,
+    MaxPool,
+    SpikingModel,
+    conv_bn_fire,
+    lif,
+    seq_once,
+    token_mean,
+)
 from .registry import register_model
-from .spikformer import ConvMLP, ConvSSA
 
-__all__ = ["QKFormer", "TokenQKAttention", "ChannelQKAttention"]
+__all__ = ["QKFormer", "QKFormerBlock", "SpikformerBlock"]
 
 _LAYOUTS = ("imagenet", "cifar", "dvs")
 
@@ -125,57 +134,6 @@ class PatchEmbeddingStage(nn.Module):
         return y + _run(self, "proj_res", x)
 
 
-class TokenQKAttention(nn.Module):
-    """Q-K token attention (QKTA; formula in the module docstring). x: [T, B, C, H, W]."""
-
-    def __init__(self, dim: int, num_heads: int, proj_neuron: bool = True):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"QKTA dim {dim} must be divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.proj_neuron = proj_neuron  # False: return BN(proj(.)) (membrane-shortcut plug-in use)
-        self.attn_map = nn.Identity()   # hook point: the binary mask
-        self.q_conv, self.q_bn, self.q_lif = nn.Conv1d(dim, dim, 1, bias=False), nn.BatchNorm1d(dim), lif()
-        self.k_conv, self.k_bn, self.k_lif = nn.Conv1d(dim, dim, 1, bias=False), nn.BatchNorm1d(dim), lif()
-        self.attn_lif = lif(v_threshold=0.5)
-        self.proj_conv, self.proj_bn, self.proj_lif = nn.Conv1d(dim, dim, 1), nn.BatchNorm1d(dim), lif()
-
-    def forward(self, x):
-        T, B, C, H, W = x.shape
-        x = x.flatten(3)                                                              # [T, B, C, N]
-        q = conv_bn_fire(self.q_conv, self.q_bn, self.q_lif, x).reshape(T, B, self.num_heads, -1, H * W)
-        k = conv_bn_fire(self.k_conv, self.k_bn, self.k_lif, x).reshape(T, B, self.num_heads, -1, H * W)
-        attn = self.attn_map(self.mask(q, x))                                         # [T, B, h, 1, N]
-        y = (attn * k).flatten(2, 3)                                                  # [T, B, C, N]
-        if self.proj_neuron:
-            return conv_bn_fire(self.proj_conv, self.proj_bn, self.proj_lif, y).reshape(T, B, C, H, W)
-        return seq(lambda z: self.proj_bn(self.proj_conv(z)), y).reshape(T, B, C, H, W)
-
-    def mask(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The binary mask from Q [T,B,h,d,N] (x [T,B,C,N] is the block input, for subclasses):
-        one token mask per head, SN_0.5(sum over the head's channels of Q)."""
-        return self.attn_lif(torch.sum(q, dim=3, keepdim=True))
-
-
-class ChannelQKAttention(TokenQKAttention):
-    """Q-K channel attention (QKCA), QKFormer's transposed variant, which is *not* in the released
-    code (spec §4.5): one binary channel mask per head from the token sum of Q::
-
-        A = SN_th( sum over the N tokens of Q )     [T,B,h,d,1]
-        out = SN(BN(W_p (A * K) + b_p))
-
-    [I] The paper gives no threshold; ``attn_threshold`` (default 0.5, QKTA's) is an argument.
-    With binary Q a token sum reaches 0.5 as soon as one token fires, so most channels pass;
-    a larger threshold makes the mask selective."""
-
-    def __init__(self, dim: int, num_heads: int, proj_neuron: bool = True, attn_threshold: float = 0.5):
-        super().__init__(dim, num_heads, proj_neuron)
-        self.attn_lif = lif(v_threshold=attn_threshold)
-
-    def mask(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.attn_lif(torch.sum(q, dim=4, keepdim=True))
-
-
 class QKFormerBlock(nn.Module):
     """X <- X + QKTA(X); X <- X + MLP(X)."""
 
@@ -215,7 +173,7 @@ class QKFormer(SpikingModel):
                  T: int = 4, layout: str = "imagenet", proj_lif_over_tb: bool = False):
         super().__init__()
         if layout not in _LAYOUTS:
-            raise ValueError(f"QKFormer layout must be one of {_LAYOUTS}, got {layout!r}")
+            raise ConfigError(f"QKFormer layout must be one of {_LAYOUTS}, got {layout!r}")
         self.T, self.in_chans, self.img_size, self.num_classes = T, in_chans, img_size, num_classes
         self.layout = layout
         D, h = embed_dim, num_heads
@@ -225,10 +183,10 @@ class QKFormer(SpikingModel):
             widths = [D // 4, D // 2, D]
             blocks = [1, 2, depths - 3] if layout == "imagenet" else [1, 1, depths - 2]
             if blocks[-1] < 1:
-                raise ValueError(f"QKFormer {layout} needs depths >= {4 if layout == 'imagenet' else 3}, got {depths}")
+                raise ConfigError(f"QKFormer {layout} needs depths >= {4 if layout == 'imagenet' else 3}, got {depths}")
         for w in widths:
             if w % h:
-                raise ValueError(f"QKFormer stage width {w} must be divisible by num_heads {h}")
+                raise ConfigError(f"QKFormer stage width {w} must be divisible by num_heads {h}")
         self.patch_embed1 = PatchEmbedInit(in_chans, widths[0], layout)
         self.stage1 = nn.ModuleList(QKFormerBlock(widths[0], h, mlp_ratio) for _ in range(blocks[0]))
         self.patch_embed2 = PatchEmbeddingStage(widths[1], layout)

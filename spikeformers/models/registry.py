@@ -15,6 +15,8 @@ from typing import Callable
 
 from torch import nn
 
+from ..errors import ConfigError, UnknownNameError
+
 __all__ = ["register_model", "create_model", "list_models", "model_entry", "ModelEntry"]
 
 
@@ -35,7 +37,7 @@ def register_model(fn: Callable | None = None, *, meta: dict | None = None, **de
 
     def wrap(f):
         if f.__name__ in _REGISTRY:
-            raise ValueError(f"model {f.__name__!r} is registered twice")
+            raise ConfigError(f"model {f.__name__!r} is registered twice")
         _REGISTRY[f.__name__] = ModelEntry(f.__name__, f, dict(defaults), dict(meta or {}))
         return f
 
@@ -46,7 +48,7 @@ def model_entry(name: str) -> ModelEntry:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise KeyError(f"unknown model {name!r}{hint} (see `spikeformers models` for the list)")
+        raise UnknownNameError(f"unknown model {name!r}{hint} (see `spikeformers models` for the list)")
     return _REGISTRY[name]
 
 

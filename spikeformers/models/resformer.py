@@ -43,27 +43,16 @@ correct behaviour):
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from ..layers import SpikingModel, seq
-from ..neurons import ATan, LIF, PLIF
+from ..errors import ConfigError
+from ..nn.attention.dssa import DSSA, resformer_neuron
+from ..nn.layers import SpikingModel, seq
+from ..nn.neurons import LIF, PLIF
 from .registry import register_model
 
 __all__ = ["SpikingResformer", "DSSA", "GWFFN", "DownsampleLayer"]
-
-
-def _neuron_factory(kind: str):
-    """The official neurons: LIF or PLIF, tau 2, threshold 1, hard reset, ATan(alpha=2)."""
-    if kind == "LIF":
-        return lambda: LIF(tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0,
-                           detach_reset=True, surrogate=ATan(2.0))
-    if kind == "PLIF":
-        return lambda: PLIF(init_tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0,
-                            detach_reset=True, surrogate=ATan(2.0))
-    raise ValueError(f"SpikingResformer neuron must be 'LIF' or 'PLIF', got {kind!r}")
 
 
 class SeqConvBN(nn.Sequential):
@@ -76,83 +65,15 @@ class SeqConvBN(nn.Sequential):
         return x
 
 
-class DSSA(nn.Module):
-    """Dual Spike Self-Attention with its residual (formula in the module docstring).
-
-    ``tokens`` is the official constant N' (used when ``fixed_tokens``); otherwise N' is the pooled
-    token count of the input at run time.
-    """
-
-    momentum = 0.999
-
-    def __init__(self, dim: int, num_heads: int, patch_size: int, tokens: int | None = None,
-                 fixed_tokens: bool = False, neuron=None, residual: bool = True):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"DSSA dim {dim} must be divisible by num_heads {num_heads}")
-        if fixed_tokens and tokens is None:
-            raise ValueError("DSSA fixed_tokens=True needs the token count N' (tokens=...)")
-        neuron = neuron or _neuron_factory("LIF")
-        self.dim, self.num_heads, self.patch_size = dim, num_heads, patch_size
-        self.tokens, self.fixed_tokens = tokens, fixed_tokens
-        self.residual = residual      # False: return the increment only (plug-in use)
-        self.attn_map = nn.Identity()  # hook point: the binary attention A [T,B,h,N',HW]
-        self.register_buffer("firing_rate_x", torch.zeros(1, 1, num_heads, 1, 1))
-        self.register_buffer("firing_rate_attn", torch.zeros(1, 1, num_heads, 1, 1))
-        self._rate_started = {"firing_rate_x": False, "firing_rate_attn": False}
-        self.activation_in = neuron()
-        self.W = nn.Conv2d(dim, 2 * dim, patch_size, patch_size, bias=False)
-        self.norm = nn.BatchNorm2d(2 * dim)
-        self.activation_attn = neuron()
-        self.activation_out = neuron()
-        self.Wproj = nn.Conv2d(dim, dim, 1, bias=False)
-        self.norm_proj = nn.BatchNorm2d(dim)
-
-    def _rate(self, name: str, spikes: torch.Tensor) -> torch.Tensor:
-        """Per-head firing rate [1,1,h,1,1]: EMA-updated in training, frozen in eval."""
-        batch_rate = spikes.detach().mean((0, 1, 3, 4), keepdim=True)
-        buf = getattr(self, name)
-        if self.training:
-            if not self._rate_started[name] and torch.all(buf == 0):
-                buf = batch_rate
-            self._rate_started[name] = True
-            buf = buf * self.momentum + batch_rate * (1 - self.momentum)
-            setattr(self, name, buf)
-            return buf
-        # Untrained heads (rate exactly 0) would give an infinite scale: use the batch's rate.
-        # (Only then: a trained buffer is a constant, not a function of this batch's activations.)
-        return torch.where(buf == 0, batch_rate, buf) if bool((buf == 0).any()) else buf
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [T, B, C, H, W], real-valued
-        T, B, C, H, W = x.shape
-        h, d = self.num_heads, C // self.num_heads
-        xs = self.activation_in(x)
-        y = seq(lambda z: self.norm(self.W(z)), xs)
-        n_pooled = y.shape[-2] * y.shape[-1]
-        y = y.reshape(T, B, h, 2 * d, -1)
-        y1, y2 = y[:, :, :, :d, :], y[:, :, :, d:, :]
-        xs = xs.reshape(T, B, h, d, -1)
-
-        scale1 = 1.0 / torch.sqrt(self._rate("firing_rate_x", xs) * (self.dim // h))
-        attn = self.attn_map(self.activation_attn(torch.matmul(y1.transpose(-1, -2), xs) * scale1))
-
-        tokens = self.tokens if self.fixed_tokens else n_pooled
-        scale2 = 1.0 / torch.sqrt(self._rate("firing_rate_attn", attn) * tokens)
-        out = (torch.matmul(y2, attn) * scale2).reshape(T, B, C, H, W)
-        out = self.activation_out(out)
-        out = seq(lambda z: self.norm_proj(self.Wproj(z)), out)
-        return out + x if self.residual else out
-
-
 class GWFFN(nn.Module):
     """Group-wise spiking FFN with its two residuals (formula in the module docstring)."""
 
     def __init__(self, dim: int, ratio: int = 4, group_size: int = 64, neuron=None):
         super().__init__()
-        neuron = neuron or _neuron_factory("LIF")
+        neuron = neuron or resformer_neuron("LIF")
         inner = dim * ratio
         if inner % group_size:
-            raise ValueError(f"GWFFN hidden width {inner} must be divisible by group_size {group_size}")
+            raise ConfigError(f"GWFFN hidden width {inner} must be divisible by group_size {group_size}")
         self.up = SeqConvBN(neuron(), nn.Conv2d(dim, inner, 1, bias=False), nn.BatchNorm2d(inner))
         self.conv = nn.ModuleList([SeqConvBN(
             neuron(), nn.Conv2d(inner, inner, 3, 1, 1, groups=inner // group_size, bias=False),
@@ -172,7 +93,7 @@ class DownsampleLayer(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, neuron=None):
         super().__init__()
-        neuron = neuron or _neuron_factory("LIF")
+        neuron = neuron or resformer_neuron("LIF")
         self.conv = nn.Conv2d(in_dim, out_dim, 3, 2, 1, bias=False)
         self.norm = nn.BatchNorm2d(out_dim)
         self.activation = neuron()
@@ -199,13 +120,13 @@ class SpikingResformer(SpikingModel):
                  neuron: str = "LIF", per_step_logits: bool = False, fixed_tokens: bool = False):
         super().__init__()
         if not len(planes) == len(num_heads) == len(patch_sizes) == len(depths):
-            raise ValueError("planes, num_heads, patch_sizes and depths must have the same length, got "
+            raise ConfigError("planes, num_heads, patch_sizes and depths must have the same length, got "
                              f"{len(planes)}, {len(num_heads)}, {len(patch_sizes)}, {len(depths)}")
         if stem not in ("imagenet", "cifar"):
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+            raise ConfigError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
         self.T, self.in_chans, self.img_size, self.num_classes = T, in_chans, img_size, num_classes
         self.per_step_logits = per_step_logits
-        make = _neuron_factory(neuron)
+        make = resformer_neuron(neuron)
         if stem == "imagenet":
             self.prologue = nn.Sequential(nn.Conv2d(in_chans, planes[0], 7, 2, 3, bias=False),
                                           nn.BatchNorm2d(planes[0]),
@@ -251,7 +172,7 @@ def _resformer(**kw) -> SpikingResformer:
     return SpikingResformer(**kw)
 
 
-# Paper parameter counts exclude BatchNorm (folded into the convs at inference), spec §2.5.
+# Paper parameter counts exclude BatchNorm (folded into the convs at inference).
 @register_model(**_IMAGENET, planes=(64, 192, 384), num_heads=(1, 3, 6),
                 meta={"paper_top1": {"imagenet": 74.34}, "paper_params": "11.14 M (no BN)",
                       "source": _SRC + "spikingresformer_ti"})
@@ -264,7 +185,7 @@ def spikingresformer_ti(**kw):
                 meta={"paper_top1": {}, "paper_params": "17.76 M (no BN)",
                       "source": _SRC + "spikingresformer_s"})
 def spikingresformer_s(**kw):
-    """SpikingResformer-S, ImageNet 224, T=4 (paper accuracy not recovered, spec §2.5)."""
+    """SpikingResformer-S, ImageNet 224, T=4 (paper accuracy not recovered)."""
     return _resformer(**kw)
 
 

@@ -1,6 +1,6 @@
 """Spike-driven Transformer (Yao et al., NeurIPS 2023, arXiv 2307.01694), V1.
 
-Official code: BICLab/Spike-Driven-Transformer ``model/spikeformer.py`` (spec §3). The whole
+Official code: BICLab/Spike-Driven-Transformer ``model/spikeformer.py``. The whole
 forward pass, on membrane potentials ``U`` (real) and spikes ``S`` (binary)::
 
     U0 = SPS(x)                                   stem, [T,B,D,H',W'] (layers.SPS)
@@ -9,10 +9,10 @@ forward pass, on membrane potentials ``U`` (real) and spikes ``S`` (binary)::
     y  = mean_T( Linear( SN( mean_HW(U) ) ) )     head: pool the membrane, fire, classify
 
 The attention is a plug-in (``attention="sdsa"`` the paper's; any name of
-:data:`spikeformers.models.plugins.ATTENTIONS`, e.g. ``"a2os2a"``, ``"statten"``, ``"ssa"``, with its
+:data:`spikeformers.nn.attention.ATTENTIONS`, e.g. ``"a2os2a"``, ``"statten"``, ``"ssa"``, with its
 options in ``attn_kwargs``). Block-level options: ``token_keep`` (TP-Spikformer token pruning: per
 block, only the top-k² tokens by information-retaining score run the block, the others skip it),
-``halting`` (STAS-style adaptive halting, a dict of :class:`spikeformers.tokens.AdaptiveHalting`
+``halting`` (STAS-style adaptive halting, a dict of :class:`spikeformers.nn.tokens.AdaptiveHalting`
 arguments), both also settable on a trained model (``set_token_pruning`` / ``set_halting``);
 ``stem="ipsps"`` (STMixer's information-protection SPS instead of SPS); ``v_threshold`` (the
 threshold of every LIF that the official model fires at 1.0; the 0.5 attention-mask neurons keep
@@ -26,10 +26,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import tokens as tok
-from ..layers import IPSPS, SPS, SpikingMLP, SpikingModel, lif, token_mean, trunc_normal_init
-from ..neurons import LIF
-from .plugins import ATTENTIONS, build_attention
+from ..errors import ConfigError
+from ..nn import tokens as tok
+from ..nn.attention import ATTENTIONS, build_attention
+from ..nn.layers import (
+    IPSPS,
+    SPS,
+    SpikingMLP,
+    SpikingModel,
+    lif,
+    token_mean,
+    trunc_normal_init,
+)
+from ..nn.neurons import LIF
 from .registry import register_model
 
 __all__ = ["SpikeDrivenTransformer", "MembraneShortcutBlock", "ATTENTIONS"]
@@ -79,7 +88,7 @@ class SpikeDrivenTransformer(SpikingModel):
         if attention == "sdsa" and dvs_mode:
             attn_kwargs.setdefault("dvs_mode", True)
         if stem not in ("sps", "ipsps"):
-            raise ValueError(f"stem must be 'sps' or 'ipsps', got {stem!r}")
+            raise ConfigError(f"stem must be 'sps' or 'ipsps', got {stem!r}")
         self.patch_embed = (SPS if stem == "sps" else IPSPS)(in_chans, embed_dim, pooling_stat)
         grid = self.patch_embed.out_size(img_size)
         self.block = nn.ModuleList(MembraneShortcutBlock(embed_dim, num_heads, mlp_ratio, attention, attn_kwargs,
@@ -99,30 +108,30 @@ class SpikeDrivenTransformer(SpikingModel):
         self.set_halting(halting)
 
     def set_token_pruning(self, keep: int | list | None, ir_local: str = "per_channel") -> None:
-        """TP-Spikformer token pruning (:func:`spikeformers.tokens.ir_score`): block i runs only on
+        """TP-Spikformer token pruning (:func:`spikeformers.nn.tokens.ir_score`): block i runs only on
         the top-``keep[i]``² tokens (an int applies to every block; None or k² >= N runs all), the
         others skip it. Works on a trained model without retraining."""
         if keep is not None:
             keep = [keep] * len(self.block) if isinstance(keep, int) else list(keep)
             if len(keep) != len(self.block):
-                raise ValueError(f"token_keep needs one k per block ({len(self.block)}), got {keep}")
+                raise ConfigError(f"token_keep needs one k per block ({len(self.block)}), got {keep}")
             grid = self.patch_embed.out_size(self.img_size)
             for k in keep:
                 if k is not None and not 1 <= k <= grid:
-                    raise ValueError(f"token_keep k must be in 1..{grid} (the {grid}x{grid} token map), got {k}")
+                    raise ConfigError(f"token_keep k must be in 1..{grid} (the {grid}x{grid} token map), got {k}")
             if self.attention == "stmixer":
-                raise ValueError("token pruning cannot run STMixer: its learned mixing matrix has a fixed token count")
+                raise ConfigError("token pruning cannot run STMixer: its learned mixing matrix has a fixed token count")
             if self.halting is not None:
-                raise ValueError("token pruning and adaptive halting cannot be combined; disable one")
+                raise ConfigError("token pruning and adaptive halting cannot be combined; disable one")
         if ir_local not in tok.IR_LOCAL:
-            raise ValueError(f"ir_local must be one of {tok.IR_LOCAL}, got {ir_local!r}")
+            raise ConfigError(f"ir_local must be one of {tok.IR_LOCAL}, got {ir_local!r}")
         self.token_keep, self.ir_local = keep, ir_local
 
     def set_halting(self, halting: dict | None) -> None:
-        """STAS-style adaptive halting (:class:`spikeformers.tokens.AdaptiveHalting`; ``{}`` for
+        """STAS-style adaptive halting (:class:`spikeformers.nn.tokens.AdaptiveHalting`; ``{}`` for
         its default constants, None to switch it off)."""
         if halting is not None and self.token_keep is not None:
-            raise ValueError("token pruning and adaptive halting cannot be combined; disable one")
+            raise ConfigError("token pruning and adaptive halting cannot be combined; disable one")
         self.halting = None if halting is None else tok.AdaptiveHalting(**halting)
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,7 +161,7 @@ def sdt_2_512_cifar(**kw):
     return _sdt(**kw)
 
 
-# Every other variant of the paper (spec §3.4). Paper parameter counts include the dead
+# Every other variant of the paper. Paper parameter counts include the dead
 # talking-heads weights (h^2 per block), which these models do not build.
 _IMAGENET = dict(img_size=224, in_chans=3, num_classes=1000, T=4, pooling_stat="1111", num_heads=8, mlp_ratio=4.0)
 _SRC_FILE = _SRC + ":model/spikeformer.py:SpikeDrivenTransformer"

@@ -1,4 +1,4 @@
-"""The README's models table, generated from the registry: ``python -m spikeformers.models.table``
+"""The models table of the README and docs, generated from the registry: ``python -m spikeformers.models.table``
 (or ``spikeformers models --markdown``). Parameter counts are of our models, built on the ``meta``
 device; paper accuracies and sources are the registry's metadata."""
 

@@ -1,7 +1,7 @@
-"""Shared building blocks: time merging, the SPS patch-splitting stem, the spiking MLP, the input
-contract of every model.
+"""Shared building blocks: time merging, conv-BN-neuron units, the patch-splitting stems, the
+spiking MLPs, and the input contract of every model.
 
-Convention (see DESIGN.md): inside a model every tensor is time-first ``[T, B, ...]``. Convs,
+Convention: inside a model every tensor is time-first ``[T, B, ...]``. Convs,
 linears and BatchNorm run on the merged ``[T*B, ...]`` view (``flatten(0, 1)``, index t*B + b), so
 BatchNorm statistics pool over time, batch and space exactly as in the official models; neurons run
 over the leading T axis.
@@ -15,11 +15,14 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import kernels
+from .. import kernels
+from ..errors import ConfigError, InputError
+from .fused import bn_fire
 from .neurons import LIF
-from .speed import bn_fire
 
-__all__ = ["seq", "conv_bn_fire", "token_mean", "seq_once", "lif", "MaxPool", "SPS", "IPSPS", "SpikingMLP", "SpikingModel", "trunc_normal_init"]
+__all__ = ["seq", "conv_bn_fire", "linear_bn_fire", "token_mean", "seq_once", "lif", "MaxPool", "SPS", "IPSPS",
+           "SpikingMLP", "LinearMLP", "ConvMLP", "SpikingModel", "trunc_normal_init", "check_pooling_stat",
+           "stem_out_size"]
 
 
 def seq(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -30,12 +33,20 @@ def seq(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Te
 
 def conv_bn_fire(conv: Callable, bn: nn.Module, neuron: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``neuron(seq(bn . conv, x))`` for ``x[T, B, ...]``: the conv on the merged view, then BatchNorm
-    and the neuron as one fused kernel where :func:`spikeformers.speed.bn_fire` can (a training step
-    of a :func:`~spikeformers.speed.optimize`-d model on CPU), else exactly that composition.
+    and the neuron as one fused kernel where :func:`spikeformers.nn.fused.bn_fire` can (a training step
+    of a :func:`~spikeformers.accel.optimize`-d model on CPU), else exactly that composition.
     A stem's image repeated over T (see :func:`seq_once`) is convolved once (a conv given as a plain
     function, whose modules cannot be inspected, always runs on the merged view)."""
     y = seq_once(conv, x, conv, bn) if isinstance(conv, nn.Module) else conv(x.flatten(0, 1))
     return bn_fire(bn, neuron, y, x.shape[0])
+
+
+def linear_bn_fire(m: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    """``{name}_lif(BN1d({name}_linear(x)))`` on tokens ``x[T, B, N, D]`` -> spikes ``[T, B, N, D']``;
+    BN1d normalises the channels of the transposed token matrix (:func:`~spikeformers.nn.fused.bn_fire` may fuse it)."""
+    y = getattr(m, f"{name}_linear")(x.flatten(0, 1))                                   # [TB, N, D']
+    s = bn_fire(getattr(m, f"{name}_bn"), getattr(m, f"{name}_lif"), y.transpose(-1, -2), x.shape[0])
+    return s.transpose(-1, -2).contiguous()                                             # [T, B, N, D']
 
 
 def seq_once(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *modules: nn.Module) -> torch.Tensor:
@@ -94,32 +105,53 @@ class MaxPool(nn.MaxPool2d):
         super().__init__(kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=False)
 
 
+def check_pooling_stat(pooling_stat: str) -> None:
+    """A stem's pooling pattern: 4 characters of 0/1, one per stage (1: that stage halves the map)."""
+    if not isinstance(pooling_stat, str) or len(pooling_stat) != 4 or set(pooling_stat) - {"0", "1"}:
+        raise ConfigError(f"pooling_stat must be 4 characters of 0/1, got {pooling_stat!r}")
+
+
+def stem_out_size(img_size: int, pooling_stat: str) -> int:
+    """The token map's side after a stem: every "1" stage halves it, rounding up (kernel 3, stride 2,
+    padding 1 max-pooling or strided conv)."""
+    for p in pooling_stat:
+        img_size = (img_size - 1) // 2 + 1 if p == "1" else img_size
+    return img_size
+
+
 class SPS(nn.Module):
-    """Spiking Patch Splitting stem of the Spike-driven Transformer (``MS_SPS``), with membrane
-    output. Four conv3x3-BN stages D/8 -> D/4 -> D/2 -> D; stage i max-pools when
-    ``pooling_stat[i] == "1"``. Stages 1-3 fire (LIF) before pooling; stage 4 pools the real-valued
-    BN output. Then a conv-BN relative position encoding on its spikes is *added* to the membrane::
+    """Spiking Patch Splitting: four conv3x3-BN stages D/8 -> D/4 -> D/2 -> D, stage i max-pooling
+    when ``pooling_stat[i] == "1"``, then a conv3x3-BN relative position encoding (``rpe``).
+
+    ``output="membrane"``: the Spike-driven Transformer's ``MS_SPS``. Stages 1-3 fire (LIF) before
+    pooling; stage 4 pools the real-valued BN output, and the RPE of its spikes is *added* to the
+    membrane::
 
         s1 = MP?(SN(BN(C3(x))));  s2 = MP?(SN(BN(C3(s1))));  s3 = MP?(SN(BN(C3(s2))))
         u  = MP?(BN(C3(s3)));     U0 = u + BN(C3_rpe(SN(u)))            -> [T, B, D, H', W']
+
+    ``output="spike"``: Spikformer's ``SPS``. All four stages fire before pooling, and the fired RPE
+    is added to the spikes, X0 = x + SN(BN(C3_rpe(x))) (values in {0, 1, 2}).
 
     Attribute names equal the official state-dict names (``proj_conv``, ``proj_bn``, ...,
     ``rpe_conv``, ``rpe_bn``).
     """
 
-    def __init__(self, in_chans: int, embed_dim: int, pooling_stat: str = "1111", neuron=lif):
+    def __init__(self, in_chans: int, embed_dim: int, pooling_stat: str = "1111", neuron=lif,
+                 output: str = "membrane"):
         super().__init__()
-        if len(pooling_stat) != 4 or set(pooling_stat) - {"0", "1"}:
-            raise ValueError(f"pooling_stat must be 4 characters of 0/1, got {pooling_stat!r}")
+        check_pooling_stat(pooling_stat)
+        if output not in ("membrane", "spike"):
+            raise ConfigError(f"SPS output must be 'membrane' or 'spike', got {output!r}")
         if embed_dim % 8:
-            raise ValueError(f"embed_dim must be divisible by 8 (stem widths D/8, D/4, D/2), got {embed_dim}")
-        self.pooling_stat = pooling_stat
+            raise ConfigError(f"embed_dim must be divisible by 8 (stem widths D/8, D/4, D/2), got {embed_dim}")
+        self.pooling_stat, self.output = pooling_stat, output
         widths = [in_chans, embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim]
         for i in range(4):
             sfx = "" if i == 0 else str(i)
             setattr(self, f"proj_conv{sfx}", nn.Conv2d(widths[i], widths[i + 1], 3, 1, 1, bias=False))
             setattr(self, f"proj_bn{sfx}", nn.BatchNorm2d(widths[i + 1]))
-            if i < 3:
+            if i < 3 or output == "spike":
                 setattr(self, f"proj_lif{sfx}", neuron())
         self.rpe_lif = neuron()
         self.rpe_conv = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1, bias=False)
@@ -127,17 +159,18 @@ class SPS(nn.Module):
         self.pool = MaxPool()
 
     def out_size(self, img_size: int) -> int:
-        for p in self.pooling_stat:
-            img_size = (img_size - 1) // 2 + 1 if p == "1" else img_size
-        return img_size
+        return stem_out_size(img_size, self.pooling_stat)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [T, B, C, H, W]
-        for i in range(3):
+        spike = self.output == "spike"
+        for i in range(4 if spike else 3):
             sfx = "" if i == 0 else str(i)
             x = conv_bn_fire(getattr(self, f"proj_conv{sfx}"), getattr(self, f"proj_bn{sfx}"),
                              getattr(self, f"proj_lif{sfx}"), x)
             if self.pooling_stat[i] == "1":
                 x = seq(self.pool, x)
+        if spike:
+            return x + conv_bn_fire(self.rpe_conv, self.rpe_bn, self.rpe_lif, x)
         u = seq(lambda z: self.proj_bn3(self.proj_conv3(z)), x)
         if self.pooling_stat[3] == "1":
             u = seq(self.pool, u)
@@ -167,6 +200,40 @@ class SpikingMLP(nn.Module):
         else:  # fc2_lif fires fc1_bn's output directly: one fused kernel
             s = conv_bn_fire(self.fc1_conv, self.fc1_bn, self.fc2_lif, s)
         return seq(lambda z: self.fc2_bn(self.fc2_conv(z)), s)
+
+
+class LinearMLP(nn.Module):
+    """Spikformer's MLP in its official CIFAR file (``cifar10/model.py``): SN(BN1d(Linear)) twice, D -> hidden -> D."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1_linear, self.fc1_bn, self.fc1_lif = nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), lif()
+        self.fc2_linear, self.fc2_bn, self.fc2_lif = nn.Linear(hidden, dim), nn.BatchNorm1d(dim), lif()
+
+    def forward(self, x):  # [T, B, N, D]
+        for i in (1, 2):
+            x = linear_bn_fire(self, f"fc{i}", x)
+        return x
+
+
+class ConvMLP(nn.Module):
+    """Spikformer's MLP in its official ImageNet file (``conv_dim=2``: Conv2d 1x1 + BN2d on the token grid) or of the DVS
+    file (``conv_dim=1``: Conv1d k=1 + BN1d)."""
+
+    def __init__(self, dim: int, hidden: int, conv_dim: int = 2):
+        super().__init__()
+        Conv, BN = (nn.Conv2d, nn.BatchNorm2d) if conv_dim == 2 else (nn.Conv1d, nn.BatchNorm1d)
+        self.conv_dim = conv_dim
+        self.fc1_conv, self.fc1_bn, self.fc1_lif = Conv(dim, hidden, 1), BN(hidden), lif()
+        self.fc2_conv, self.fc2_bn, self.fc2_lif = Conv(hidden, dim, 1), BN(dim), lif()
+
+    def forward(self, x, grid):  # x [T, B, D, N], grid (H, W)
+        T, B, D, N = x.shape
+        if self.conv_dim == 2:
+            x = x.reshape(T, B, D, *grid)
+        for i in (1, 2):
+            x = conv_bn_fire(getattr(self, f"fc{i}_conv"), getattr(self, f"fc{i}_bn"), getattr(self, f"fc{i}_lif"), x)
+        return x.reshape(T, B, D, N)
 
 
 def trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
@@ -201,17 +268,17 @@ class SpikingModel(nn.Module):
 
     def to_time_first(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{type(self).__name__} expects a torch.Tensor, got {type(x).__name__}")
+            raise InputError(f"{type(self).__name__} expects a torch.Tensor, got {type(x).__name__}")
         c, s = self.in_chans, self.img_size
         want = f"[B,{c},{s},{s}] (static image) or [B,T,{c},{s},{s}] (frames)"
         if not x.is_floating_point():
-            raise TypeError(f"expected a floating-point input {want} (normalised images), got dtype {x.dtype}")
+            raise InputError(f"expected a floating-point input {want} (normalised images), got dtype {x.dtype}")
         if x.dim() == 4 and tuple(x.shape[1:]) == (c, s, s):
             return x.unsqueeze(0).expand(self.T, *x.shape)
         if x.dim() == 5 and tuple(x.shape[2:]) == (c, s, s):
             return x.transpose(0, 1)
         got = "[" + ",".join(["B"] + [str(d) for d in x.shape[1:]]) + "]"
-        raise ValueError(f"expected input {want}, got {got}")
+        raise ConfigError(f"expected input {want}, got {got}")
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -221,7 +288,7 @@ class SpikingModel(nn.Module):
 
 
 class IPSPS(nn.Module):
-    """Information-Protection SPS of STMixer (Deng et al., NeurIPS 2024; spec others §3.1, official
+    """Information-Protection SPS of STMixer (Deng et al., NeurIPS 2024; official
     code), with a membrane output for the membrane-shortcut backbone::
 
         main:  s1 = SN(BN(C3/s1(x)));  s2 = SN(BN(C3/s2(s1)));  s3 = SN(BN(C3/s3(s2)))   D/8, D/4, D/2
@@ -236,10 +303,9 @@ class IPSPS(nn.Module):
 
     def __init__(self, in_chans: int, embed_dim: int, pooling_stat: str = "1111", neuron=lif):
         super().__init__()
-        if len(pooling_stat) != 4 or set(pooling_stat) - {"0", "1"}:
-            raise ValueError(f"pooling_stat must be 4 characters of 0/1, got {pooling_stat!r}")
+        check_pooling_stat(pooling_stat)
         if embed_dim % 8:
-            raise ValueError(f"embed_dim must be divisible by 8 (stem widths D/8 .. 7D/8), got {embed_dim}")
+            raise ConfigError(f"embed_dim must be divisible by 8 (stem widths D/8 .. 7D/8), got {embed_dim}")
         self.pooling_stat = pooling_stat
         widths = [in_chans, embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim - embed_dim // 8]
         for i in range(4):
@@ -253,9 +319,7 @@ class IPSPS(nn.Module):
         self.short_bn = nn.BatchNorm2d(embed_dim // 8)
 
     def out_size(self, img_size: int) -> int:
-        for p in self.pooling_stat:
-            img_size = (img_size - 1) // 2 + 1 if p == "1" else img_size
-        return img_size
+        return stem_out_size(img_size, self.pooling_stat)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [T, B, C, H, W]
         s = x
@@ -265,7 +329,7 @@ class IPSPS(nn.Module):
         s = seq(lambda z: self.proj_bn3(self.proj_conv3(z)), s)
         p = seq(lambda z: self.short_bn(self.short_conv(z)), x)
         if p.shape[-2:] != s.shape[-2:]:
-            raise ValueError(f"IPSPS: the short path gives a {tuple(p.shape[-2:])} map, the main path "
+            raise ConfigError(f"IPSPS: the short path gives a {tuple(p.shape[-2:])} map, the main path "
                              f"{tuple(s.shape[-2:])}; expected an input size divisible by "
                              f"{self.short_conv.stride[0]}, got {tuple(x.shape[-2:])}")
         return torch.cat([s, p], dim=2)

@@ -9,11 +9,11 @@ retraining: set them on a trained model (``model.set_token_pruning(...)``,
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..errors import ConfigError
 
 __all__ = ["ir_score", "select_tokens", "gather_tokens", "scatter_tokens", "AdaptiveHalting"]
 
@@ -22,7 +22,7 @@ IR_LOCAL = ("per_channel", "official")
 
 def ir_score(u: torch.Tensor, local: str = "per_channel") -> torch.Tensor:
     """TP-Spikformer's information-retaining score of every token of a block input ``u[T,B,C,H,W]``
-    (Wei et al., ICLR 2026; spec others §3.6, official code). Returns ``[B, H*W]`` (one score per
+    (Wei et al., ICLR 2026; official code). Returns ``[B, H*W]`` (one score per
     token, shared by all time steps)::
 
         m   = mean_C u                                           [T,B,N]
@@ -42,7 +42,7 @@ def ir_score(u: torch.Tensor, local: str = "per_channel") -> torch.Tensor:
     addition-only, and an energy audit of a pruned model lists its products.
     """
     if local not in IR_LOCAL:
-        raise ValueError(f"local must be one of {IR_LOCAL}, got {local!r}")
+        raise ConfigError(f"local must be one of {IR_LOCAL}, got {local!r}")
     T, B, C, H, W = u.shape
     m = u.mean(2).flatten(2)                                         # [T,B,N]
     if T > 1:
@@ -64,7 +64,7 @@ def select_tokens(score: torch.Tensor, k: int) -> torch.Tensor:
     """Indices ``[B, k*k]`` of the top-k² tokens of ``score[B, N]``, in raster order (so the k x k
     map keeps the kept tokens' relative order)."""
     if k < 1 or k * k > score.shape[-1]:
-        raise ValueError(f"token_keep k={k} must satisfy 1 <= k^2 <= N={score.shape[-1]}")
+        raise ConfigError(f"token_keep k={k} must satisfy 1 <= k^2 <= N={score.shape[-1]}")
     return score.topk(k * k, dim=-1).indices.sort(-1).values
 
 
@@ -84,9 +84,9 @@ def scatter_tokens(u: torch.Tensor, idx: torch.Tensor, sub: torch.Tensor) -> tor
 
 class AdaptiveHalting(nn.Module):
     """STAS-style adaptive computation time over blocks *and* time steps (Kang et al., arXiv
-    2508.14138; spec others §3.2).
+    2508.14138).
 
-    **Inferred [I], not verified: STAS has no public code and the spec's formula is an inference
+    **Inferred [I], not verified: STAS has no public code and this formula is an inference
     from the abstract (ACT / A-ViT-style halting); its constants are arguments.** After each block
     l, every token gets a halting score from its membrane, accumulated over blocks::
 
@@ -105,7 +105,7 @@ class AdaptiveHalting(nn.Module):
     def __init__(self, gamma: float = 5.0, beta: float = -10.0, eps: float = 0.01):
         super().__init__()
         if not 0.0 <= eps < 1.0:
-            raise ValueError(f"halting eps must be in [0, 1), got {eps}")
+            raise ConfigError(f"halting eps must be in [0, 1), got {eps}")
         self.gamma, self.beta, self.eps = gamma, beta, eps
         self.ponder = None
         self.active_fraction: list[float] = []

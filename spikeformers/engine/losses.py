@@ -14,12 +14,15 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["soft_target_cross_entropy", "label_smoothing_cross_entropy", "tet_loss", "classification_loss"]
+from ..errors import ConfigError
+
+__all__ = ["soft_target_cross_entropy", "label_smoothing_cross_entropy", "tet_loss", "classification_loss",
+           "training_loss"]
 
 
 def soft_target_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if target.shape != logits.shape:
-        raise ValueError(f"soft targets must have the logits' shape {list(logits.shape)}, got {list(target.shape)}")
+        raise ConfigError(f"soft targets must have the logits' shape {list(logits.shape)}, got {list(target.shape)}")
     return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
 
 
@@ -43,7 +46,7 @@ def tet_loss(logits_t: torch.Tensor, target: torch.Tensor, criterion: Callable |
     """TET loss over time-first logits ``[T, B, K]``: the criterion is applied to every time
     step's logits and averaged; ``lamb`` weighs an MSE pulling all logits towards ``means``."""
     if logits_t.ndim != 3:
-        raise ValueError(f"TET expects per-time-step logits [T, B, K], got shape {list(logits_t.shape)}")
+        raise ConfigError(f"TET expects per-time-step logits [T, B, K], got shape {list(logits_t.shape)}")
     criterion = criterion or classification_loss
     T = logits_t.shape[0]
     loss_es = sum(criterion(logits_t[t], target) for t in range(T)) / T
@@ -51,3 +54,14 @@ def tet_loss(logits_t: torch.Tensor, target: torch.Tensor, criterion: Callable |
         return loss_es
     loss_mse = F.mse_loss(logits_t.float(), torch.full_like(logits_t, means, dtype=torch.float32))
     return (1.0 - lamb) * loss_es + lamb * loss_mse
+
+
+def training_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0, tet: bool = False,
+                  tet_means: float = 1.0, tet_lamb: float = 0.001) -> torch.Tensor:
+    """The loss a training step minimises: soft-target CE after mixup, label-smoothed CE otherwise;
+    with ``tet`` the TET loss over per-time-step logits ``[T, B, K]``."""
+    if logits.ndim == 3:
+        if not tet:
+            raise ConfigError(f"the model returned per-time-step logits {list(logits.shape)} but tet is off")
+        return tet_loss(logits, target, lambda o, t: classification_loss(o, t, label_smoothing), tet_means, tet_lamb)
+    return classification_loss(logits, target, label_smoothing)

@@ -17,7 +17,7 @@ returns False and the neurons run their plain PyTorch loop instead (same spikes 
 kernel repeats the loop's IEEE operations in the same order, built with ``-ffp-contract=off``).
 ``python -m spikeformers.kernels`` builds the kernel and prints where it is (or why not).
 
-CUDA tensors go to the Triton twin of the same kernels (:mod:`spikeformers.triton_kernels`) when
+CUDA tensors go to the Triton twin of the same kernels (:mod:`spikeformers.kernels.gpu`) when
 Triton imports, else to the plain loop as well.
 """
 
@@ -218,7 +218,7 @@ def disabled():
         _enabled = old
 
 
-_triton = None       # the spikeformers.triton_kernels module once imported
+_triton = None       # the spikeformers.kernels.gpu module once imported
 _triton_why = None   # why it could not be imported
 
 
@@ -230,8 +230,8 @@ def triton_available() -> bool:
             _triton_why = "disabled by SPIKEFORMERS_KERNELS=0"
             return False
         try:
-            from . import triton_kernels
-            _triton = triton_kernels
+            from . import gpu
+            _triton = gpu
         except Exception as e:  # no triton, or a triton that does not load
             _triton_why = f"{type(e).__name__}: {e}"
     return _triton is not None
@@ -458,16 +458,11 @@ def update_running_stats(bn, mean: torch.Tensor, var: torch.Tensor, n: int) -> b
     return True
 
 
-def bnlif_supports(x: torch.Tensor, T: int, neuron) -> bool:
-    """Whether :func:`bnlif_forward` takes ``x`` (see :func:`batchnorm_supports`), rows a multiple
-    of ``T``, and ``neuron``: a LIF with decay_input and a surrogate the kernels know."""
-    from .neurons import _KERNEL_SURROGATES, LIF
-
-    if type(neuron) is not LIF or not neuron.decay_input or neuron.smooth:
-        return False
-    if type(neuron.surrogate) not in _KERNEL_SURROGATES or T < 1:
-        return False
-    return batchnorm_supports(x) and (x.numel() // x.shape[1]) % T == 0
+def bnlif_supports(x: torch.Tensor, T: int) -> bool:
+    """Whether :func:`bnlif_forward` takes ``x`` (see :func:`batchnorm_supports`) with rows a
+    multiple of ``T``. The neuron must be a fixed-coefficient LIF with decay_input and a surrogate
+    the kernels know; the caller checks that (:func:`spikeformers.nn.fused.bn_fire`)."""
+    return T >= 1 and batchnorm_supports(x) and (x.numel() // x.shape[1]) % T == 0
 
 
 def bnlif_forward(x: torch.Tensor, weight, bias, eps: float, neuron, T: int, keep_h: bool = True):

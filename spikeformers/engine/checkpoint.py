@@ -10,20 +10,16 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from safetensors import safe_open
 
-from .models import create_model
+from ..errors import CheckpointError
+from ..models import create_model
 
 __all__ = ["CheckpointError", "atomic_write", "save_checkpoint", "read_checkpoint", "load_checkpoint",
            "load_weights", "save_train_state", "load_train_state"]
 
 META_KEY = "spikeformers"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable, or belongs to another model."""
 
 
 def atomic_write(path: Path | str, write) -> None:

@@ -14,8 +14,8 @@ training) over its median time. Peak memory is the process's peak resident set (
 CPU, ``torch.cuda.max_memory_allocated`` on GPU.
 
 Default settings are the fastest ones measured on CPU: bf16 autocast, 1x1 convolutions as matmuls
-with channels-last tensors (:func:`spikeformers.speed.optimize`), the fused neuron kernel, and for
-inference BatchNorm folded into the convolutions (:func:`spikeformers.speed.fuse`) and, in bf16, the
+with channels-last tensors (:func:`spikeformers.accel.optimize`), the fused neuron kernel, and for
+inference BatchNorm folded into the convolutions (:func:`spikeformers.accel.fuse`) and, in bf16, the
 weights stored in bf16 (autocast would cast the same values again at every call).
 """
 
@@ -32,7 +32,24 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BenchResult", "matmul_peak", "bench_model", "step_flops", "cpu_name"]
+from .. import kernels
+from ..accel import fuse as fuse_bn
+from ..accel import int8_available, quantize_int8
+from ..accel import optimize as optimize_model
+from ..engine.hardware import (
+    bf16_native,
+    device_name,
+    matmul_peak,
+    resolve_precision,
+    synchronize,
+)
+from ..engine.optim import build_optimizer
+from ..errors import ConfigError
+from ..models import create_model
+from ..nn.neurons import ReLUNeuron
+from .energy import is_neuron
+
+__all__ = ["BenchResult", "bench_model", "step_flops", "spike_rate_of"]
 
 
 @dataclass
@@ -57,57 +74,13 @@ class BenchResult:
     train_gflop_per_step: float
     infer_gflop_per_step: float
     kernel: str
-    cpu: str = ""               # which CPU produced the figures (see :func:`cpu_name`)
+    cpu: str = ""               # which CPU or GPU produced the figures (engine.hardware.device_name)
     infer_spike_rate: float = float("nan")   # nonzero outputs of the spiking neurons in the timed inference
-    int8: bool = False          # inference with int8 products (speed.quantize_int8) where inputs are spikes
+    int8: bool = False          # inference with int8 products (accel.quantize_int8) where inputs are spikes
     infer_float_img_s: float = float("nan")  # with int8: the same inference with float (bf16/fp32) products
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """This CPU's model name and the features that decide our speed, e.g. ``"AMD EPYC (avx512_bf16)"``
-    or ``"Intel Xeon ... (amx, avx512_bf16)"``: the same 2-core budget ran 2x-6x apart in bf16
-    across the machines we were given, so every figure should say where it came from."""
-    import platform
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and value.strip():
-                    name = value.strip()
-                elif key.strip() in ("flags", "Features"):
-                    flags = set(value.split())
-                    break
-    except OSError:
-        pass
-    feats = [f for f, keys in (("amx", ("amx_bf16",)), ("avx512_bf16", ("avx512_bf16",)),
-                                ("avx512", ("avx512f",)), ("avx2", ("avx2",))) if flags & set(keys)]
-    if "avx512_bf16" in feats or "amx" in feats:   # the widest features are what tell machines apart
-        feats = [f for f in feats if f not in ("avx512", "avx2")]
-    return f"{name} ({', '.join(feats)})" if feats else name
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5, device: str = "cpu") -> float:
-    """Best GFLOP/s of an ``n x n @ n x n`` matmul in ``dtype`` (this machine's practical peak)."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    best = float("inf")
-    for i in range(reps + 1):
-        _sync(device)
-        t = time.perf_counter()
-        a @ b
-        _sync(device)
-        if i:
-            best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
-
-
-def _sync(device) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def _autocast(device: str, precision: str):
@@ -129,10 +102,10 @@ def _time(fn, warmup: int, reps: int, device: str) -> float:
         fn()
     ts = []
     for _ in range(reps):
-        _sync(device)
+        synchronize(device)
         t = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         ts.append(time.perf_counter() - t)
     return statistics.median(ts)
 
@@ -151,23 +124,18 @@ def bench_model(name: str, T: int = 4, batch: int = 16, img_size: int = 32, num_
                 model_kwargs: dict | None = None, int8: bool | None = None) -> BenchResult:
     """Measure ``name`` (a registered model, with ``model_kwargs`` overriding its config) at
     ``[batch, in_chans, img_size, img_size]``; ``precision="auto"`` takes the faster format as
-    training does (``train.resolve_precision``). ``int8`` (default: on a CPU whose PyTorch has
-    oneDNN's int8 operators, unless ``compile``) times inference with :func:`speed.quantize_int8`
-    (int8 weights, exact spike inputs; an approximation like bf16, see the README) and also reports
+    training does (``engine.hardware.resolve_precision``). ``int8`` (default: on a CPU whose PyTorch has
+    oneDNN's int8 operators, unless ``compile``) times inference with :func:`~spikeformers.accel.quantize_int8`
+    (int8 weights, exact spike inputs; an approximation like bf16, see ``docs/performance.md``) and also reports
     the same inference with float products as ``infer_float_img_s``. Compiled, the int8 products
     run eagerly between compiled pieces (a graph break each), so ``compile`` defaults to float."""
-    from . import kernels
-    from .train import resolve_precision
-    from .models import create_model
-    from .optim import build_optimizer
-    from .speed import fuse as fuse_bn, int8_available, optimize as optimize_model, quantize_int8
     if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+        raise ConfigError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
     precision = resolve_precision(precision, torch.device(device))
     if int8 is None:
         int8 = device == "cpu" and int8_available() and not compile
     elif int8 and (device != "cpu" or not int8_available()):
-        raise ValueError(f"int8 inference needs a CPU with PyTorch's oneDNN int8 operators (device {device!r})")
+        raise ConfigError(f"int8 inference needs a CPU with PyTorch's oneDNN int8 operators (device {device!r})")
     torch.manual_seed(seed)
     model = create_model(name, **{"T": T, "img_size": img_size, "num_classes": num_classes,
                                   **(model_kwargs or {})}).to(device)
@@ -223,14 +191,15 @@ def bench_model(name: str, T: int = 4, batch: int = 16, img_size: int = 32, num_
             spike_rate = spike_rate_of(imodel, x)
 
     p32 = matmul_peak(torch.float32, device=device) if peaks else float("nan")
-    p16 = matmul_peak(torch.bfloat16, device=device) if peaks else float("nan")
+    # bf16 is timed only where it is native: emulated, one 2048^3 product takes about a minute
+    p16 = matmul_peak(torch.bfloat16, device=device) if peaks and bf16_native(device) else float("nan")
     return BenchResult(
         model=name, T=T, batch=batch, img_size=img_size, num_classes=num_classes, precision=precision,
         compile=compile, optimize=optimize, fuse=fuse, threads=torch.get_num_threads(),
         train_img_s=batch / train_s, infer_img_s=batch / infer_s, peak_mem_mb=_peak_mem_mb(device),
         gflops_s=train_flops / train_s / 1e9, infer_gflops_s=infer_flops / infer_s / 1e9,
         peak_fp32_gflops_s=p32, peak_bf16_gflops_s=p16, train_gflop_per_step=train_flops / 1e9,
-        infer_gflop_per_step=infer_flops / 1e9, kernel=kernels.status(), cpu=_where(device),
+        infer_gflop_per_step=infer_flops / 1e9, kernel=kernels.status(), cpu=device_name(device),
         infer_spike_rate=spike_rate, int8=int8, infer_float_img_s=batch / infer_float_s)
 
 
@@ -239,8 +208,6 @@ def spike_rate_of(model: torch.nn.Module, x: torch.Tensor) -> float:
     in one forward pass of ``model`` on ``x``. Dense kernels cost the same at any rate, so the figure does
     not change a timing; it says what the timed network did: a benchmark model at random initialisation
     may hardly fire past its stem, where an event-driven kernel would look unrealistically fast."""
-    from .energy import _is_neuron
-    from .neurons import ReLUNeuron
     counts = [0, 0]
 
     def hook(_m, _inp, out):
@@ -248,16 +215,10 @@ def spike_rate_of(model: torch.nn.Module, x: torch.Tensor) -> float:
         counts[1] += out.numel()
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
-               if _is_neuron(m) and not isinstance(m, ReLUNeuron)]
+               if is_neuron(m) and not isinstance(m, ReLUNeuron)]
     try:
         model(x)
     finally:
         for h in handles:
             h.remove()
     return counts[0] / counts[1] if counts[1] else float("nan")
-
-
-def _where(device: str) -> str:
-    if str(device).startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    return cpu_name() if str(device) == "cpu" else str(device)

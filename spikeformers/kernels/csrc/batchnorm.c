@@ -49,7 +49,7 @@
  * are the same either way (see bn_stats_rows). Split by channels, 48 channels went 32 / 16 (one
  * thread idle a third of the time), and the BN + LIF forward ran slower on 2 threads than on 1 even
  * at 384 channels: [256 rows, 384] float32 took 45 us on 1 thread, 78-85 us on 2 (each thread firing
- * half of every row), 31 us with the rows split (a C harness on the 2-core EPYC, session 14). */
+ * half of every row), 31 us with the rows split (a C harness on a 2-core AMD EPYC). */
 #define BN_ROW_SPLIT(M, n) (sf_openmp_threads() > 1 && (M) >= 4 * BN_ROWS && (M) * (n) >= SF_PAR_MIN)
 
 /* the row split's reduction: nb blocks of float sums [s-part (n), t-part (n)] added into the double

@@ -62,7 +62,7 @@ Accountings (E_MAC = 4.6 pJ, E_AC = 0.9 pJ, 45 nm)
     mask products (an elementwise product with a binary operand) as free. SpikingResformer:
     ``E = E_AC x SOPs`` with the stem (first layer) and the classifier excluded.
 ``strict``
-    One rule for every model, the Spikingformer energy tool's (spec §5.3): a product is an
+    One rule for every model, the Spikingformer energy tool's: a product is an
     accumulate only if one of its two operands is a spike tensor (binary or ternary). For a conv or
     linear the other operand is a real weight, so this means its input; for a product of two
     activations one spike operand suffices (a spike gates or signs the other operand: Spikingformer
@@ -100,7 +100,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from . import neurons as _neurons
+from ..errors import ConfigError, UsageError, InputError
+from ..nn import neurons as _neurons
 
 __all__ = [
     "E_MAC_PJ", "E_AC_PJ", "ACCOUNTINGS", "PAPER_RULES", "PaperRule", "OperandStats", "OpRecord",
@@ -237,18 +238,18 @@ class PaperRule:
 
 
 _COMMON = PaperRule("E_MAC x FL(first layer) + E_AC x sum(rate x FLOPs) over every other product "
-                    "(Spikformer/SDT/QKFormer common formula, spec §5.1)")
+                    "(the common formula of the Spikformer, SDT and QKFormer papers)")
 PAPER_RULES: dict[str, PaperRule] = {
     "spikformer": _COMMON,
     "qkformer": _COMMON,
     "a2os2a": PaperRule(_COMMON.description + "; A²OS²A's own energy table is not available, "
-                        "its attention is counted as rate x FLOPs ACs (spec §1.3)"),
+                        "its attention is counted as rate x FLOPs ACs"),
     "sdt": PaperRule(_COMMON.description + "; SDSA mask products are free (SDT paper)", masks_free=True),
     "spikingresformer": PaperRule("E_AC x SOPs, stem (first layer) and classifier excluded "
                                   "(SpikingResformer code)", first_layer="exclude", classifier="exclude"),
 }
 PAPER_RULES["resformer"] = PAPER_RULES["spikingresformer"]
-GENERIC_RULE = PaperRule("family unknown: the common formula of spec §5.1, " + _COMMON.description)
+GENERIC_RULE = PaperRule("family unknown: the common formula, " + _COMMON.description)
 
 
 def paper_rule(family: str | None) -> PaperRule:
@@ -258,7 +259,7 @@ def paper_rule(family: str | None) -> PaperRule:
 # ----------------------------------------------------------------------------------------------
 # The recorder
 # ----------------------------------------------------------------------------------------------
-def _is_neuron(m: nn.Module) -> bool:
+def is_neuron(m: nn.Module) -> bool:
     return isinstance(m, (_neurons._BaseLIF, _neurons.Ternary, _neurons.ReLUNeuron)) or \
         bool(getattr(m, "is_neuron", False))
 
@@ -336,7 +337,7 @@ class EnergyRecorder:
         self._depth = 0
         self._busy = False
         self._leaf = {n for n, m in model.named_modules() if not any(True for _ in m.children())}
-        self._neuron_names = {n for n, m in model.named_modules() if _is_neuron(m)}
+        self._neuron_names = {n for n, m in model.named_modules() if is_neuron(m)}
 
     # -- activation provenance ---------------------------------------------------------------
     def _is_act(self, t: torch.Tensor) -> bool:
@@ -396,7 +397,7 @@ class EnergyRecorder:
                 if self._depth == 1:  # a new top-level forward: tag the input, count images
                     xs = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
                     if not xs:
-                        raise TypeError("EnergyRecorder: the model was called without a tensor input")
+                        raise InputError("EnergyRecorder: the model was called without a tensor input")
                     for a in xs:
                         self._mark(a)
                         self._mark(a, self._inputs)
@@ -545,7 +546,7 @@ class EnergyRecorder:
 
     def report(self) -> "EnergyReport":
         if self.images == 0:
-            raise RuntimeError("EnergyRecorder saw no forward pass: call the model inside the `with` block")
+            raise UsageError("EnergyRecorder saw no forward pass: call the model inside the `with` block")
         ops = sorted(self.ops.values(), key=lambda r: r.order)
         neurons = sorted(self.neurons.values(), key=lambda r: r.order)
         return EnergyReport(ops=ops, neurons=neurons, images=self.images, T=self.T,
@@ -612,7 +613,7 @@ class EnergyReport:
                 return "ac", 0.0, r.rate * fl
             return "mac", fl, 0.0
         if accounting != "paper":
-            raise ValueError(f"unknown accounting {accounting!r}; expected one of {ACCOUNTINGS}")
+            raise ConfigError(f"unknown accounting {accounting!r}; expected one of {ACCOUNTINGS}")
         rule = paper_rule(self.family)
         role = self.role(r)
         if role == "first":
@@ -791,7 +792,7 @@ def plot_firing_rates(report: EnergyReport, path, title: str | None = None) -> N
     import matplotlib.pyplot as plt
 
     if not report.neurons:
-        raise ValueError("no neuron layer was recorded: nothing to plot")
+        raise ConfigError("no neuron layer was recorded: nothing to plot")
     names = [n.name for n in report.neurons]
     rates = [n.rate for n in report.neurons]
     colors = ["tab:blue" if n.domain == "binary" else "tab:orange" if n.domain == "ternary" else "tab:gray"
@@ -831,7 +832,7 @@ def plot_attention(maps: dict[str, torch.Tensor], path, max_heads: int = 8) -> N
     import matplotlib.pyplot as plt
 
     if not maps:
-        raise ValueError("no attention tensor was captured (no `attn_map` module and no product "
+        raise ConfigError("no attention tensor was captured (no `attn_map` module and no product "
                          "of two activations inside a module named `attn`)")
     grids = {k: _as_maps(v) for k, v in maps.items()}
     grids = {k: (g[:max_heads], stacked) for k, (g, stacked) in grids.items()}

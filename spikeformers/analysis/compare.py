@@ -1,11 +1,11 @@
 """``spikeformers compare``: every attention on one backbone, one seed, one dataset, one budget.
 
 For each attention name, :func:`compare` trains ``backbone`` with ``attention=name`` through the
-training engine (:func:`spikeformers.train.fit`, the same :class:`~spikeformers.train.TrainConfig`
+training engine (:func:`spikeformers.engine.fit`, the same :class:`~spikeformers.engine.TrainConfig`
 apart from the attention), then measures the trained model:
 
 * top-1 accuracy on the test set (the engine's last evaluation; with ``recalibrate_bn=N``, after
-  re-estimating BatchNorm statistics on N training images, see :func:`recalibrate_batchnorm`),
+  re-estimating BatchNorm statistics on N training images, see :func:`~spikeformers.analysis.energy.calibrate_batchnorm`),
 * parameters,
 * mean firing rate and energy per image under both accountings (``paper``: the backbone family's
   own paper's rule; ``strict``: one rule for all, AC only where an operand is a spike) and the
@@ -28,14 +28,20 @@ import csv
 import json
 import math
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..engine.checkpoint import load_checkpoint
+from ..engine.config import TrainConfig
+from ..engine.evaluate import evaluate
+from ..engine.trainer import data_loaders, fit
+from ..errors import ConfigError
+from ..models import create_model, model_entry
+from ..nn.attention import ATTENTIONS
+from . import energy
 from .energy import calibrate_batchnorm
-from .train import TrainConfig, build_data, evaluate, fit
 
 __all__ = ["compare", "energy_columns", "write_table", "plot_accuracy_energy", "COLUMNS"]
 
@@ -54,10 +60,9 @@ COLUMNS = [
 
 def energy_columns(model: nn.Module, batches: list[torch.Tensor]) -> dict:
     """The energy columns of one trained model (eval mode) over ``batches`` of input images
-    (:func:`spikeformers.energy.measure`): mean firing rate, energy per image under the ``paper``
+    (:func:`spikeformers.analysis.energy.measure`): mean firing rate, energy per image under the ``paper``
     and ``strict`` accountings, and the number of products without a spike operand (the
     addition-only audit, first layer and classifier excepted)."""
-    from . import energy
     model.eval()
     report = energy.measure(model, batches)
     paper, strict = report.totals("paper"), report.totals("strict")
@@ -88,14 +93,6 @@ def _test_batches(loader, n_images: int) -> list[torch.Tensor]:
     return out
 
 
-def recalibrate_batchnorm(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
-    """Re-estimate every BatchNorm's running statistics as the plain average over ``batches`` of
-    training images, then eval mode. After a very short budget the exponential running averages
-    still lag the fast-moving weights, and an eval-mode spiking network can then fall silent (every
-    output equal); this is the standard fix, applied to every compared model alike."""
-    return calibrate_batchnorm(model, batches)
-
-
 def _measure(model, row: dict, energy_batches, speed_batches) -> dict:
     row.update(energy_columns(model, energy_batches))
     row["infer_img_s"] = _images_per_second(model, speed_batches)
@@ -109,44 +106,39 @@ def compare(attentions: list[str], backbone: str = "spikedriven_fmnist", out: st
     """Train and measure ``backbone`` with each attention (module docstring); returns the rows.
     ``base`` holds every other training option (data, epochs, max_steps, seed, batch size, T,
     model_kwargs, ...); its ``model`` and ``out`` are replaced per attention."""
-    from .checkpoint import load_checkpoint
-    from .models import model_entry
-    from .models.plugins import ATTENTIONS
-
     if not attentions:
-        raise ValueError("compare needs at least one attention name")
+        raise ConfigError("compare needs at least one attention name")
     unknown = [a for a in attentions if a not in ATTENTIONS]
     if unknown:
-        raise ValueError(f"unknown attention(s) {unknown}; expected names from {sorted(ATTENTIONS)}")
+        raise ConfigError(f"unknown attention(s) {unknown}; expected names from {sorted(ATTENTIONS)}")
     if len(set(attentions)) != len(attentions):
-        raise ValueError(f"attention names repeat: {attentions}")
+        raise ConfigError(f"attention names repeat: {attentions}")
     model_entry(backbone)  # an unknown backbone fails here, before any training
     if tp_keep is not None or halting:
-        from .models import create_model
         with torch.device("meta"):
-            probe = create_model(backbone, **(base or TrainConfig()).model_kwargs)
+            probe = create_model(backbone, **(base or TrainConfig()).model.kwargs)
         if not hasattr(probe, "set_token_pruning"):
-            raise ValueError(f"token pruning / halting need a Spike-driven Transformer backbone; "
+            raise ConfigError(f"token pruning / halting need a Spike-driven Transformer backbone; "
                              f"{backbone} is a {type(probe).__name__}")
     attn_kwargs = attn_kwargs or {}
     stray = sorted(set(attn_kwargs) - set(attentions))
     if stray:
-        raise ValueError(f"attn_kwargs for attention(s) {stray} that are not compared ({attentions})")
+        raise ConfigError(f"attn_kwargs for attention(s) {stray} that are not compared ({attentions})")
     base = base or TrainConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    train_loader, test_loader, _ = build_data(TrainConfig(**{**asdict(base), "model": backbone}))
+    base = base.replace(model=backbone, resume=False)
+    train_loader, test_loader, _ = data_loaders(base, progress=progress)
     calib_batches = _test_batches(train_loader, recalibrate_bn) if recalibrate_bn > 0 else []
     energy_batches = _test_batches(test_loader, energy_images)
     speed_batches = _test_batches(test_loader, speed_images)
 
     rows = []
     for name in attentions:
-        mk = {**base.model_kwargs, "attention": name}
+        mk = {**base.model.kwargs, "attention": name}
         if name in attn_kwargs:
             mk["attn_kwargs"] = attn_kwargs[name]
-        cfg = TrainConfig(**{**asdict(base), "model": backbone, "out": str(out / name), "model_kwargs": mk,
-                             "resume": False})
+        cfg = base.replace(out=str(out / name), model_kwargs=mk)
         if progress:
             print(f"== {name} on {backbone}")
         t0 = time.perf_counter()
@@ -154,7 +146,7 @@ def compare(attentions: list[str], backbone: str = "spikedriven_fmnist", out: st
         model, _ = load_checkpoint(out / name / "last.safetensors")
         acc = metrics["test_acc"]
         if calib_batches:
-            acc = evaluate(recalibrate_batchnorm(model, calib_batches), test_loader, progress=False)["acc"]
+            acc = evaluate(calibrate_batchnorm(model, calib_batches), test_loader, progress=False)["acc"]
         row = {"attention": name, "accuracy": acc, "engine_test_acc": metrics["test_acc"],
                "params": sum(p.numel() for p in model.parameters()), "train_img_s": metrics["train_img_s"],
                "steps": metrics["step"], "train_wall_s": time.perf_counter() - t0}
@@ -177,14 +169,14 @@ def compare(attentions: list[str], backbone: str = "spikedriven_fmnist", out: st
             print(f"   {name}: {row['accuracy']:.2f} %, paper {row['energy_paper_mj']:.4g} mJ, "
                   f"strict {row['energy_strict_mj']:.4g} mJ, {row['infer_img_s']:.0f} img/s")
 
-    settings = {"backbone": backbone, "data": base.data, "epochs": base.epochs, "max_steps": base.max_steps,
-                "batch_size": base.batch_size, "lr": base.lr, "warmup_epochs": base.warmup_epochs,
-                "seed": base.seed, "T": base.T,
-                "model_kwargs": base.model_kwargs, "attn_kwargs": attn_kwargs, "eval_images": base.eval_images,
+    settings = {"backbone": backbone, **{k: base.get(k) for k in ("data", "epochs", "max_steps", "batch_size", "lr",
+                                                                   "warmup_epochs", "seed", "T", "model_kwargs",
+                                                                   "eval_images")},
+                "attn_kwargs": attn_kwargs,
                 "energy_images": energy_images, "speed_images": speed_images, "tp_keep": tp_keep,
                 "halting": halting, "recalibrate_bn": recalibrate_bn, "threads": torch.get_num_threads()}
     write_table(rows, out, settings)
-    plot_accuracy_energy(rows, out / "compare.png", title=f"{backbone} on {base.data}")
+    plot_accuracy_energy(rows, out / "compare.png", title=f"{backbone} on {base.data.name}")
     return rows
 
 

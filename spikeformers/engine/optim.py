@@ -16,10 +16,10 @@ without decay - biases, norms - then take a plain Adam step).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch.optim import Optimizer
+
+from ..errors import ConfigError
 
 __all__ = ["Lamb", "build_optimizer", "param_groups_weight_decay", "ema_decay", "build_ema"]
 
@@ -29,7 +29,7 @@ class Lamb(Optimizer):
                  weight_decay: float = 0.01, bias_correction: bool = True,
                  max_grad_norm: float | None = 1.0, always_adapt: bool = False):
         if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"invalid LAMB hyper-parameters lr={lr}, eps={eps}, betas={betas}")
+            raise ConfigError(f"invalid LAMB hyper-parameters lr={lr}, eps={eps}, betas={betas}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         bias_correction=bias_correction, always_adapt=always_adapt)
         super().__init__(params, defaults)
@@ -89,13 +89,14 @@ class Lamb(Optimizer):
 
 
 def param_groups_weight_decay(model: torch.nn.Module, weight_decay: float, no_decay_1d: bool = True):
-    """Two groups as timm builds them: no weight decay on 1-D parameters (biases, norms, scalars)."""
+    """Two groups as timm builds them, the decayed first: no weight decay on 1-D parameters (biases,
+    norms, scalars such as PLIF's w)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (no_decay if no_decay_1d and (p.ndim <= 1 or name.endswith(".bias")) else decay).append(p)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _fusable(params) -> bool:
@@ -131,7 +132,7 @@ def build_optimizer(name: str, model_or_params, lr: float, weight_decay: float =
                     eps=kw.get("eps", 1e-6), max_grad_norm=kw.get("max_grad_norm", 1.0))
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=kw.get("momentum", 0.9), **fuse)
-    raise ValueError(f"unknown optimizer {name!r}; expected adamw, adam, lamb or sgd")
+    raise ConfigError(f"unknown optimizer {name!r}; expected adamw, adam, lamb or sgd")
 
 
 def ema_decay(decay: float, n_averaged: int, warmup: bool = True) -> float:
@@ -147,7 +148,7 @@ def build_ema(model: torch.nn.Module, decay: float, warmup: bool = True):
     :func:`ema_decay`; integer buffers (BatchNorm's batch counter) are copied. Call
     ``ema.update_parameters(model)`` after each optimizer step and evaluate ``ema.module``."""
     if not 0.0 < decay < 1.0:
-        raise ValueError(f"EMA decay must be in (0, 1), e.g. 0.9998; got {decay}")
+        raise ConfigError(f"EMA decay must be in (0, 1), e.g. 0.9998; got {decay}")
     from torch.optim.swa_utils import AveragedModel
 
     def update(ema_tensors, tensors, n_averaged):
