@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 FMNIST_SYSTEM := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 
-.PHONY: setup data demo test test-all test-triton bench clean
+.PHONY: setup data demo test test-all test-triton clean
 
 setup: $(STAMP)
 

@@ -9,7 +9,7 @@ virtual environment that this script creates (``benchmarks/.sj-venv`` by default
 this interpreter's packages (torch, numpy) through a ``.pth`` file, so both sides run the same
 torch build. The main environment is never modified.
 
-Workloads (issue 5): T = 4, batch 16, 32x32x3 input, 10 classes. Each round runs, in separate
+Workloads: T = 4, batch 16, 32x32x3 input, 10 classes. Each round runs, in separate
 processes, ours (default fastest settings of ``spikeformers bench``) then SpikingJelly's
 (fp32, its ``torch`` backend on CPU, eager and, with ``--sj-compile``, ``torch.compile``), so
 machine-load drift hits both sides alike. The train step is the same on both sides: forward,
@@ -83,20 +83,15 @@ def sj_steps(model, x, y, compiled: bool = False):
 
 
 WORKER = r'''
-import json, statistics, sys, time
+import json, sys
 cfg = json.loads(sys.argv[1])
 sys.path.insert(0, cfg["bench_dir"])
 import torch
 from compare_spikingjelly import build_sj_model, sj_steps
+from spikeformers.analysis.bench import median_time as timed
 torch.set_num_threads(cfg["threads"]); torch.manual_seed(0)
 model = build_sj_model(cfg["model"])
 x = torch.randn(16, 3, 32, 32); y = torch.randint(0, 10, (16,))
-def timed(fn, warmup, reps):
-    for _ in range(warmup): fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 out = {}
 for compiled in ([False, True] if cfg["compile"] else [False]):
     train, infer = sj_steps(model, x, y, compiled)

@@ -1,5 +1,5 @@
 """Train-step throughput of ``a2os2a_fmnist`` variants on random 28x28x1 batches, as the trainer
-runs them (``speed.optimize`` layers, bf16 autocast by default, AdamW), in images per second.
+runs them (``spikeformers.accel.optimize`` layers, bf16 autocast by default, AdamW), in images per second.
 
     python benchmarks/fmnist_step.py [--batch 64] [--precision bf16|fp32] [--threads 2] \\
         [--variants '{"default": {}, "ipsps_T4": {"stem": "ipsps", "T": 4}}']
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 import torch.nn.functional as F
@@ -28,13 +27,13 @@ def main() -> None:
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    from spikeformers.accel import keep_freed_memory, optimize
+    from spikeformers.analysis.bench import median_time
     from spikeformers.models import create_model
-    from spikeformers import speed
-    if hasattr(speed, "keep_freed_memory"):   # as the CLI does (absent in older versions)
-        speed.keep_freed_memory()
+    keep_freed_memory()   # as the CLI does
     for name, kw in (json.loads(a.variants) if a.variants else VARIANTS).items():
         torch.manual_seed(0)
-        m = speed.optimize(create_model("a2os2a_fmnist", **kw)).train()
+        m = optimize(create_model("a2os2a_fmnist", **kw)).train()
         opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
         x, y = torch.randn(a.batch, 1, 28, 28), torch.randint(0, 10, (a.batch,))
 
@@ -45,12 +44,7 @@ def main() -> None:
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        for _ in range(3):
-            step()
-        t = time.perf_counter()
-        for _ in range(a.steps):
-            step()
-        dt = (time.perf_counter() - t) / a.steps
+        dt = median_time(step, warmup=3, reps=a.steps)
         print(f"{name:12s} {json.dumps(kw):45s} {a.batch / dt:7.0f} img/s  "
               f"({sum(p.numel() for p in m.parameters()) / 1e6:.2f} M params)", flush=True)
 

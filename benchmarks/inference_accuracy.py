@@ -1,9 +1,9 @@
 """Fashion-MNIST test accuracy of a trained checkpoint through the inference fast paths: the plain
 float32 model, the optimized + BatchNorm-folded float32 model, the same with bf16 weights under
 bf16 autocast (what ``spikeformers bench --no-int8`` times), and that with int8
-products (``speed.quantize_int8``, what ``spikeformers bench`` times by default on a CPU).
+products (``spikeformers.accel.quantize_int8``, what ``spikeformers bench`` times by default on a CPU).
 
-    python benchmarks/inference_accuracy.py runs/fmnist_default_s7/best.safetensors [...]
+    python benchmarks/inference_accuracy.py runs/a2os2a_fmnist/best.safetensors [...]
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import copy
 
 import torch
 
-from spikeformers.checkpoint import load_checkpoint
-from spikeformers.speed import Int8Products, fuse, int8_inference, optimize
-from spikeformers.train import TrainConfig, build_data, evaluate
+from spikeformers.accel import Int8Products, fuse, int8_inference, optimize
+from spikeformers.engine import TrainConfig, evaluate, load_checkpoint
+from spikeformers.engine.trainer import data_loaders
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    _, test, _ = build_data(TrainConfig(batch_size=500, data_dir=a.data_dir))
+    _, test, _ = data_loaders(TrainConfig.from_dict(batch_size=500, data_dir=a.data_dir))
     for path in a.checkpoints:
         model, _ = load_checkpoint(path)
         plain = evaluate(model.eval(), test, progress=False)["acc"]

@@ -1,35 +1,28 @@
 """Microseconds per call of the C kernels (LIF / ternary forward and backward, training BatchNorm
-forward and backward, BatchNorm + LIF forward, max pooling) on the tensor shapes of the issue-5
-models, with the achieved memory traffic, to see which kernel is bound by what; rows marked
+forward and backward, BatchNorm + LIF forward, max pooling) on the tensor shapes of the
+benchmark models (sdt_8_384, qkformer_10_384 at 32x32), with the achieved memory traffic, to see which kernel is bound by what; rows marked
 ``torch`` time PyTorch's own operator on the same tensor for comparison.
 
     python benchmarks/kernel_micro.py [--threads 2] [--dtype bf16|fp32] [--calls 40]
 
 Shapes: [T=4, B=16, C, H, W] activations of sdt_8_384 / qkformer_10_384 at 32x32 input
-(channels-last, as ``speed.optimize`` lays them out). Median of ``--calls`` calls after 5 warm-up
+(channels-last, as ``spikeformers.accel.optimize`` lays them out). Median of ``--calls`` calls after 5 warm-up
 calls. GB/s counts each tensor the kernel must read or write once.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+
+from spikeformers.analysis.bench import median_time
 
 SHAPES = [(4, 16, 48, 32, 32), (4, 16, 96, 16, 16), (4, 16, 384, 4, 4), (4, 16, 384, 2, 2), (4, 16, 1536, 2, 2)]
 
 
 def median_us(fn, calls: int) -> float:
-    for _ in range(5):
-        fn()
-    ts = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    ts.sort()
-    return ts[len(ts) // 2] * 1e6
+    return median_time(fn, warmup=5, reps=calls) * 1e6
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ batched products ``bmm`` (Q K^T V and friends); ``neurons`` = the fused neuron k
 nodes and, at inference, its ``spikeformers::*`` calls (or the elementwise ops of the plain loop,
 counted under ``elementwise``); ``batchnorm`` (PyTorch's and the C kernel's); the self time of an
 autograd node that wraps a C kernel is the kernel's time;
-``bn+lif`` the fused BatchNorm + LIF forward (``speed.bn_fire``; its backward runs the LIF and
+``bn+lif`` the fused BatchNorm + LIF forward (``spikeformers.nn.fused.bn_fire``; its backward runs the LIF and
 BatchNorm backward kernels, counted under those); ``copies`` (layout changes, dtype casts);
 ``pooling``; ``compiled`` (the fused code torch.compile generated; products inside it stay under
 ``conv``); ``other`` (``--top`` lists the operators behind every category). The last line sums the
@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--infer", action="store_true", help="profile inference instead of a train step")
     ap.add_argument("--no-optimize", action="store_true")
     ap.add_argument("--int8", action="store_true",
-                    help="inference with int8 products (speed.quantize_int8), as spikeformers bench times it")
+                    help="inference with int8 products (spikeformers.accel.quantize_int8), as spikeformers bench times it")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--top", type=int, default=0, help="also print the N operators with the most self time")
@@ -96,11 +96,12 @@ def main() -> None:
 
 
 def _our_step(a, x, y):
-    from spikeformers.speed import keep_freed_memory
+    from spikeformers.accel import keep_freed_memory
     keep_freed_memory()
-    from spikeformers.models import create_model
     from spikeformers.optim import build_optimizer
-    from spikeformers.speed import fuse, optimize, quantize_int8
+
+    from spikeformers.accel import fuse, optimize, quantize_int8
+    from spikeformers.models import create_model
     model = create_model(a.model, T=4, img_size=32, num_classes=10)
     if not a.no_optimize:
         optimize(model)

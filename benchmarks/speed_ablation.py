@@ -1,4 +1,4 @@
-"""What one speed path of ``speed.optimize`` is worth inside a whole train step: the same model in
+"""What one speed path of ``spikeformers.accel.optimize`` is worth inside a whole train step: the same model in
 one process, the path switched on and off between interleaved steps (so machine drift hits both
 alike), median step time of each.
 
@@ -7,7 +7,7 @@ alike), median step time of each.
 Paths: ``bn_fire`` (BatchNorm + LIF forward in one C kernel, off = the two kernels in turn),
 ``small_map`` (3x3 convs on <= 2x2 maps as one matrix product, off = oneDNN's convolution),
 ``maxpool`` (C max pooling, off = PyTorch's), ``token_mean`` (the head's token mean with its gradient in the input's layout,
-``layers.token_mean``; off = flatten + mean). Workload as ``spikeformers bench``: T = 4, batch 16,
+``spikeformers.nn.layers.token_mean``; off = flatten + mean). Workload as ``spikeformers bench``: T = 4, batch 16,
 32x32x3, 10 classes, bf16 autocast, SGD(momentum 0.9); inference = eval mode, no BN folding.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +26,8 @@ PATHS = ("bn_fire", "small_map", "maxpool", "token_mean")
 def switch(model: nn.Module, path: str):
     """A function on(flag) that switches ``path`` on or off in ``model``."""
     from spikeformers import kernels
-    from spikeformers.speed import FastMaxPool2d, SmallMapConv2d
+    from spikeformers.accel import SmallMapConv2d
+    from spikeformers.nn.fused import FastMaxPool2d
 
     if path == "bn_fire":
         real = kernels.bnlif_supports
@@ -36,7 +36,7 @@ def switch(model: nn.Module, path: str):
             kernels.bnlif_supports = real if flag else (lambda *a, **k: False)
         return on
     if path == "token_mean":
-        from spikeformers import layers
+        from spikeformers.nn import layers
         mean = layers._TokenMean.apply
 
         def on(flag: bool) -> None:
@@ -62,8 +62,9 @@ def main() -> None:
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    from spikeformers.accel import keep_freed_memory, optimize
+    from spikeformers.analysis.bench import median_time
     from spikeformers.models import create_model
-    from spikeformers.speed import keep_freed_memory, optimize
 
     keep_freed_memory()
     torch.manual_seed(0)
@@ -93,11 +94,7 @@ def main() -> None:
         for flag in ((True, False) if r % 2 else (False, True)):
             on(flag)
             for kind, fn in (("train", train), ("infer", infer)):
-                fn()
-                t = time.perf_counter()
-                fn()
-                fn()
-                times[flag, kind].append((time.perf_counter() - t) / 2)
+                times[flag, kind].append(median_time(fn, warmup=1, reps=2))
     on(True)
     print(f"{a.model}, {a.path}, {torch.get_num_threads()} threads, median of {a.rounds} interleaved rounds (ms):")
     for kind in ("train", "infer"):

@@ -1,7 +1,14 @@
 """Shared test fixtures."""
 
+import os
+
 import pytest
 import torch
+
+# The official implementations' reference outputs: a folder of .pt files kept beside the checkout
+# (set SPIKEFORMERS_OFFICIAL_FIXTURES to read them from elsewhere). Tests that need them skip without.
+OFFICIAL_FIXTURES = os.environ.get("SPIKEFORMERS_OFFICIAL_FIXTURES", os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared", "fixtures", "official"))
 
 
 @pytest.fixture

@@ -282,7 +282,7 @@ def test_token_pruning_keeps_exactly_k2_tokens_per_block():
 
 
 def test_ir_score_official_quirk_reduces_to_channel_uniformity():
-    """Spec §3.6: with the all-ones C x C kernel, cos(x, L) = sign(L) sum_c x_c / (sqrt(C) |x|)."""
+    """TP-Spikformer's official ir_score: with the all-ones C x C kernel, cos(x, L) = sign(L) sum_c x_c / (sqrt(C) |x|)."""
     torch.manual_seed(6)
     u = torch.randn(1, 2, 6, 4, 4, dtype=torch.float64)         # T = 1: no temporal term
     x = u.mean(0)

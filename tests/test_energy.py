@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from spikeformers import create_model, list_models
+from spikeformers import create_model
 from spikeformers.analysis.energy import (E_AC_PJ, E_MAC_PJ, EnergyRecorder, audit, measure, plot_attention,
                                  plot_firing_rates)
 from spikeformers.analysis import energy
@@ -263,8 +263,6 @@ def test_sdt_is_addition_only():
     assert all(rep.classify(r, "strict")[0] == "ac" for r in masks)
 
 
-@pytest.mark.skipif("spikformer_4_384_cifar" not in list_models(),
-                    reason="Spikformer is not registered yet (issue 3)")
 def test_spikformer_integer_residual_is_reported_as_integer():
     m, x = _live("spikformer_4_384_cifar")
     rep = measure(m, [x[:1]])

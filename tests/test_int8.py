@@ -169,7 +169,7 @@ def test_bench_reports_int8_and_float_inference():
 @needs_int8
 def test_int8_products_run_eagerly_inside_a_compiled_model():
     """torch.compile of a model holding Int8Products: inductor cannot lower the prepacked oneDNN
-    weights (it crashed `spikeformers bench --compile` in session 15), so each int8 layer is a
+    weights (it crashed `spikeformers bench --compile`), so each int8 layer is a
     graph break that runs eagerly: the same output as the eager model, and the products in int8."""
     torch.manual_seed(0)
     first, second = Int8Products(torch.nn.Linear(24, 32)), Int8Products(torch.nn.Linear(32, 16))

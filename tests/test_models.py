@@ -59,7 +59,7 @@ def test_bad_input_is_named(x, match):
 
 
 def test_param_counts_match_official_sdt():
-    # Spec §3.4 (official code, counted with the dead talking_heads conv: h^2 = 64 per block).
+    # BICLab/Spike-Driven-Transformer model/spikeformer.py, counted with the dead talking_heads conv (h^2 = 64 per block).
     official = {"sdt_2_512_cifar": (10_233_546, 2), }
     for name, (count, depth) in official.items():
         with torch.device("meta"):

@@ -1,4 +1,4 @@
-"""Our models against the official implementations' outputs (../shared/fixtures/official/).
+"""Our models against the official implementations' outputs (the official fixtures; see conftest.py).
 
 Each fixture holds an official state dict, an input, and the official eval / train logits,
 gradients and buffers (see that README). The model comes from ``from_official`` exactly as a user
@@ -18,13 +18,11 @@ import torch
 import spikeformers
 from spikeformers.models.official import load_official_state_dict
 
-FIXTURES = os.environ.get("SPIKEFORMERS_OFFICIAL_FIXTURES",
-                          os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "official"))
-FILES = sorted(glob.glob(os.path.join(FIXTURES, "*.pt")))
-if not FILES:
-    FILES = sorted(glob.glob("/work/shared/fixtures/official/*.pt"))
+from conftest import OFFICIAL_FIXTURES
 
-pytestmark = pytest.mark.skipif(not FILES, reason=f"no official fixtures in {FIXTURES}")
+FILES = sorted(glob.glob(os.path.join(OFFICIAL_FIXTURES, "*.pt")))
+
+pytestmark = pytest.mark.skipif(not FILES, reason=f"no official fixtures in {OFFICIAL_FIXTURES}")
 
 _cache: dict = {}
 
@@ -133,8 +131,8 @@ def test_cli_convert_then_load_checkpoint(tmp_path):
     assert res.exit_code != 0 and "unknown official source" in res.output
 
 
-# State-dict entry counts of the official files (specs: spikformer-sdt-qkformer.md §2.10, §3.8,
-# §4.8; a2os2a-resformer-others.md §2.7) = ours + the entries the official forward never uses.
+# State-dict entry counts of the official files (ZK-Zhou/spikformer, BICLab/Spike-Driven-Transformer,
+# zhouchenlin2096/QKFormer, xyshi2000/SpikingResformer) = ours + the entries the official forward never uses.
 @pytest.mark.parametrize("name,official_entries,dead", [
     ("spikformer_4_384_cifar", 216, 4 * 4),          # norm1/norm2 weight+bias per block
     ("spikformer_8_384", 376, 8 * 4),
@@ -173,7 +171,7 @@ def test_dvs_sources_load_and_run(source, kwargs, variant, K):
     ours = spikeformers.create_model(variant).state_dict()
     if "QKFormer" in source:
         sd = {_official_names_qkformer_dvs(k): v for k, v in ours.items()}
-        # spec §4.4 / §4.8 shapes of the official DVS files
+        # shapes of the official DVS files (zhouchenlin2096/QKFormer cifar10-dvs/model.py)
         assert sd["patch_embed1.proj_conv.weight"].shape == (16, 2, 3, 3)
         assert sd["patch_embed1.proj_res_conv.weight"].shape == (128, 32, 1, 1)
         assert sd["patch_embed2.proj_conv.weight"].shape == (256, 128, 3, 3)
@@ -192,7 +190,7 @@ def test_dvs_sources_load_and_run(source, kwargs, variant, K):
 
 
 @pytest.mark.parametrize("source,params", [
-    ("ZK-Zhou/spikformer:imagenet/model.py:spikformer", 29_689_384),          # 8-512, spec §2.7 (-LN)
+    ("ZK-Zhou/spikformer:imagenet/model.py:spikformer", 29_689_384),          # 8-512, without the dead LayerNorms
     ("ZK-Zhou/spikformer:cifar10dvs/model.py:spikformer", 2_566_666),
     ("zhouchenlin2096/QKFormer:imagenet/qkformer.py:QKFormer_10_384", 16_473_688),
     ("zhouchenlin2096/QKFormer:imagenet/qkformer.py:QKFormer_10_512", 29_079_336),

@@ -1,5 +1,5 @@
-"""Every registered zoo variant against the parameter counts of the official code (the specs'
-tables, ../shared/specs/). Models are built on the ``meta`` device: no memory, no time."""
+"""Every registered zoo variant against the parameter counts of the official code (counted from the
+official repositories' model files and training logs, and the papers' tables). Models are built on the ``meta`` device: no memory, no time."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def n_params(name, **kw):
         return sum(p.numel() for p in spikeformers.create_model(name, **kw).parameters())
 
 
-# Spikformer, spec §2.7: the official counts minus the LayerNorms (and DVS pos_embed / norm) that
+# Spikformer (ZK-Zhou/spikformer): the official counts minus the LayerNorms (and DVS pos_embed / norm) that
 # the official forward never uses ("-LN / dead" column); the code column for reference.
 SPIKFORMER = {  # name: (code params, without the dead parameters)
     "spikformer_4_256_cifar": (4_159_274, 4_155_178),
@@ -30,7 +30,7 @@ SPIKFORMER = {  # name: (code params, without the dead parameters)
     "spikformer_2_256_gesture": (2_585_867, 2_566_923),
 }
 
-# Spike-driven Transformer, spec §3.4 (code params, with h^2 = 64 dead talking-heads weights per block).
+# Spike-driven Transformer (BICLab/Spike-Driven-Transformer; code params, with h^2 = 64 dead talking-heads weights per block).
 SDT = {  # name: (code params, depth)
     "sdt_8_384": (16_816_536, 8),
     "sdt_6_512": (23_373_736, 6),
@@ -43,7 +43,7 @@ SDT = {  # name: (code params, depth)
     "sdt_2_256_gesture": (2_567_051, 2),
 }
 
-# QKFormer, spec §4.6: exact official counts (equal to the official training logs).
+# QKFormer (zhouchenlin2096/QKFormer): exact official counts (equal to the official training logs).
 QKFORMER = {
     "qkformer_4_384_cifar": 6_706_234,
     "qkformer_10_384": 16_473_688,
@@ -53,7 +53,8 @@ QKFORMER = {
     "qkformer_2_256_gesture": 1_999_371,
 }
 
-# SpikingResformer, spec §2.5 (total params in M, 3 decimals) and the key templates of §2.7.
+# SpikingResformer (Shi et al., CVPR 2024, table of total params in M, 3 decimals) and the state-dict
+# templates of xyshi2000/SpikingResformer models/spikingresformer.py.
 RESFORMER = {  # name: (planes, heads, stem, group size, PLIF, classes, table M)
     "spikingresformer_ti": ((64, 192, 384), (1, 3, 6), "imagenet", 64, False, 1000, 11.181),
     "spikingresformer_s": ((64, 256, 512), (1, 4, 8), "imagenet", 64, False, 1000, 17.814),
@@ -65,7 +66,7 @@ RESFORMER = {  # name: (planes, heads, stem, group size, PLIF, classes, table M)
 
 
 def resformer_closed_form(planes, stem, g, plif, K, patch=(4, 2, 1), blocks=(1, 2, 3)):
-    """Parameter count from the state-dict templates of spec §2.7 (BN: weight + bias)."""
+    """Parameter count from the official state-dict templates (BN: weight + bias)."""
     c1 = planes[0]
     n = c1 * 3 * (49 if stem == "imagenet" else 9) + 2 * c1
     for i, (c, p, nb) in enumerate(zip(planes, patch, blocks)):
@@ -111,7 +112,7 @@ def test_resformer_closed_form_matches_the_spec_table(name):
 
 
 def test_spikformer_closed_form():
-    # spec §2.7: per block 12D^2 + 28D (4D of it dead LayerNorms), SPS, head (D+1)K.
+    # per block 12D^2 + 28D (4D of it dead LayerNorms), SPS, head (D+1)K.
     D, L, K = 512, 8, 1000
     sps = 9 * (3 * D // 8 + D * D // 32 + D * D // 8 + D * D // 2 + D * D) + 2 * (D // 8 + D // 4 + D // 2 + 2 * D)
     assert sps + L * (12 * D * D + 28 * D) + (D + 1) * K == SPIKFORMER["spikformer_8_512"][0]

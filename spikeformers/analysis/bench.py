@@ -49,7 +49,7 @@ from ..models import create_model
 from ..nn.neurons import ReLUNeuron
 from .energy import is_neuron
 
-__all__ = ["BenchResult", "bench_model", "step_flops", "spike_rate_of"]
+__all__ = ["BenchResult", "bench_model", "step_flops", "spike_rate_of", "median_time"]
 
 
 @dataclass
@@ -97,7 +97,9 @@ def step_flops(fn) -> float:
     return float(fc.get_total_flops())
 
 
-def _time(fn, warmup: int, reps: int, device: str) -> float:
+def median_time(fn, warmup: int = 2, reps: int = 5, device: str = "cpu") -> float:
+    """Median wall seconds of ``fn()`` over ``reps`` calls after ``warmup`` untimed ones (the device
+    synchronised around each call): the one timing rule of ``bench`` and of ``benchmarks/``."""
     for _ in range(warmup):
         fn()
     ts = []
@@ -158,7 +160,7 @@ def bench_model(name: str, T: int = 4, batch: int = 16, img_size: int = 32, num_
             opt.zero_grad(set_to_none=True)
 
         model.train()
-        train_s = _time(train_step, warmup + (2 if compile else 0), reps, device)
+        train_s = median_time(train_step, warmup + (2 if compile else 0), reps, device)
         model.train()
         train_flops = step_flops(lambda: F.cross_entropy(model(x).float(), y).backward())
         model.zero_grad(set_to_none=True)
@@ -181,7 +183,7 @@ def bench_model(name: str, T: int = 4, batch: int = 16, img_size: int = 32, num_
                 with torch.inference_mode(), _autocast(device, precision):
                     net(x)
 
-            return _time(infer_step, warmup + (2 if compile else 0), reps, device)
+            return median_time(infer_step, warmup + (2 if compile else 0), reps, device)
 
         infer_s = infer_time(qmodel if int8 else imodel)
         if int8:

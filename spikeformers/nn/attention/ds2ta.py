@@ -9,7 +9,7 @@ from ...errors import ConfigError
 from ..layers import lif, seq
 from .common import QKVProjections, heads, unheads
 
-__all__ = ['AttenuatedSpatioTemporalAttention']
+__all__ = ["AttenuatedSpatioTemporalAttention"]
 
 
 def _attenuate(y: torch.Tensor, alpha: float) -> torch.Tensor:

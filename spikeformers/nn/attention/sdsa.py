@@ -7,7 +7,7 @@ import torch
 from ..layers import lif
 from .common import QKVProjections, erode, heads, unheads
 
-__all__ = ['SpikeDrivenSelfAttention']
+__all__ = ["SpikeDrivenSelfAttention"]
 
 
 class SpikeDrivenSelfAttention(QKVProjections):

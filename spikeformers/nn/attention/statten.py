@@ -8,7 +8,7 @@ from ...errors import ConfigError
 from ..layers import lif
 from .common import QKVProjections, heads, unheads
 
-__all__ = ['SpatioTemporalAttention']
+__all__ = ["SpatioTemporalAttention"]
 
 
 class SpatioTemporalAttention(QKVProjections):

@@ -9,7 +9,7 @@ from ...errors import ConfigError
 from ..layers import conv_bn_fire, lif, seq
 from .common import check_attention_args
 
-__all__ = ['SpikingTokenMixer']
+__all__ = ["SpikingTokenMixer"]
 
 
 class SpikingTokenMixer(nn.Module):
