@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from ..serialization import safe_load
 from .qkformer import QKFormer
 from .resformer import SpikingResformer
 from .sdt import SpikeDrivenTransformer
@@ -41,12 +42,12 @@ __all__ = ["from_official", "official_sources", "load_official_state_dict", "con
 # checkpoint containers
 # ---------------------------------------------------------------------------------------------
 def load_official_state_dict(state_dict_or_path) -> dict[str, torch.Tensor]:
-    """A flat ``{key: tensor}`` from a path (``torch.load(weights_only=True)``), a raw state dict,
+    """A flat ``{key: tensor}`` from a path (read without running code: :func:`~spikeformers.serialization.safe_load`), a raw state dict,
     or a training checkpoint holding it under ``model`` / ``state_dict`` / ``module``; a DDP
     ``module.`` prefix is stripped."""
     obj = state_dict_or_path
     if isinstance(obj, (str, os.PathLike)):
-        obj = torch.load(obj, map_location="cpu", weights_only=True)
+        obj = safe_load(obj, "official checkpoint")
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"expected a state dict, a checkpoint dict or a path, got {type(obj).__name__}")
     for container in ("model", "state_dict", "module"):

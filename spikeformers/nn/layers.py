@@ -273,6 +273,13 @@ class SpikingModel(nn.Module):
         want = f"[B,{c},{s},{s}] (static image) or [B,T,{c},{s},{s}] (frames)"
         if not x.is_floating_point():
             raise InputError(f"expected a floating-point input {want} (normalised images), got dtype {x.dtype}")
+        # NaN / inf would flow through the neurons as if they were currents (a NaN never crosses a
+        # threshold, inf always does) and give finite logits: refuse them. Checked on CPU tensors outside
+        # torch.compile; on a GPU the check would cost a host synchronisation per call and is skipped.
+        if x.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).sum())
+            raise InputError(f"the input holds {bad} NaN or infinite value(s); expected finite normalised "
+                             "images or frames (check the data pipeline)")
         if x.dim() == 4 and tuple(x.shape[1:]) == (c, s, s):
             return x.unsqueeze(0).expand(self.T, *x.shape)
         if x.dim() == 5 and tuple(x.shape[2:]) == (c, s, s):
