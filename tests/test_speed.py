@@ -173,9 +173,36 @@ def test_bench_cli_json():
                                   "--img-size", "16", "--reps", "1", "--json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.output.strip().splitlines()[-1])
-    for k in ("train_img_s", "infer_img_s", "peak_mem_mb", "gflops_s", "peak_bf16_gflops_s", "peak_fp32_gflops_s"):
+    for k in ("train_img_s", "infer_img_s", "peak_mem_mb", "gflops_s", "peak_fp32_gflops_s"):
         assert isinstance(d[k], float) and d[k] > 0, k
+    from spikeformers.engine.hardware import bf16_native
+    assert d["peak_bf16_gflops_s"] > 0 if bf16_native() else math.isnan(d["peak_bf16_gflops_s"])
     assert 0.0 <= d["infer_spike_rate"] <= 1.0
+
+
+def test_bench_never_times_emulated_bf16(monkeypatch):
+    """Where bf16 is not native (an AVX2-only CPU) a 2048^3 bf16 product takes about a minute: bench
+    must not time it, and says so."""
+    import spikeformers.analysis.bench as bench
+    import spikeformers.engine.hardware as hw
+    timed = []
+    real = hw.matmul_peak
+
+    def peak(dtype, **kw):
+        timed.append(dtype)
+        return real(dtype, n=64, reps=1)
+
+    for mod in (bench, hw):
+        monkeypatch.setattr(mod, "bf16_native", lambda device="cpu": False)
+    monkeypatch.setattr(bench, "matmul_peak", peak)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    r = CliRunner().invoke(main, ["bench", "--model", "sdt_2_256_cifar", "--T", "1", "--batch", "2",
+                                  "--img-size", "16", "--reps", "1", "--model-kwargs", '{"embed_dim": 32, "num_heads": 2}'])
+    assert r.exit_code == 0, r.output
+    assert timed == [torch.float32] and "bf16 not native" in r.output and ", fp32," in r.output
+    with pytest.raises(Exception, match="not native"):
+        hw.matmul_peak(torch.bfloat16, n=64, reps=1)
 
 
 def test_spike_rate_of_counts_spiking_neurons_only():
