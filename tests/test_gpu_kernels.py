@@ -107,5 +107,9 @@ def test_model_training_step_on_gpu_matches_loop(monkeypatch):
             y.square().sum().backward()
         outs.append((y.detach(), [p.grad.clone() for p in model.parameters()]))
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
-    for a, b in zip(outs[0][1], outs[1][1]):  # surrogate gradients summed over many spikes: relative to the largest
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * b.abs().max().item())
+    # surrogate gradients summed over many spikes: compared relative to the largest gradient of the
+    # model, not of each tensor (a parameter whose gradient is ~1e-7 rounding noise in both paths
+    # would otherwise be held to a tolerance of ~1e-10)
+    scale = max(g.abs().max().item() for g in outs[1][1])
+    for a, b in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * scale)

@@ -102,7 +102,8 @@ def test_train_tet_on_gesture(tmp_path):
 
 
 def _run(args, env_extra, cwd):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env_extra}
+    # CPU processes (gloo): on a machine with one GPU, NCCL would put both ranks on the same device
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **env_extra}
     p = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
 
