@@ -12,6 +12,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 
+from spikeformers import list_models
 from spikeformers.cli import main
 from spikeformers.engine.config import TrainConfig
 from spikeformers.engine.schedule import lr_schedule
@@ -51,6 +52,7 @@ def test_every_config_is_a_valid_training_config():
         assert f.read_text().startswith("# "), f   # what the recipe is and where it comes from
         assert set(d) <= {"model", "data", "augment", "optim", "schedule", "runtime"}, f   # nested by section
         cfg = TrainConfig.from_dict(d)  # unknown keys raise
+        assert cfg.model.name in list_models(), (f, cfg.model.name)
         if cfg.augment.randaugment:
             parse_randaugment(cfg.augment.randaugment)
         assert cfg.optim.optimizer in ("adamw", "lamb") and cfg.schedule.epochs > cfg.schedule.warmup_epochs

@@ -534,7 +534,3 @@ def to_uint8_exact(x: torch.Tensor) -> torch.Tensor | None:
         return None
     y = x.to(torch.uint8)
     return y if torch.equal(y.to(x.dtype), x) else None
-
-
-if __name__ == "__main__":  # pragma: no cover
-    print(status())
