@@ -147,6 +147,7 @@ def _flatten(d: dict) -> dict:
 @click.option("--max-steps", default=_d("max_steps"), type=click.IntRange(min=1), help=_help("max_steps"))
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="torch CPU threads (default: all cores)")
 @click.option("--model-kwargs", default=None, help='JSON of extra model kwargs, e.g. \'{"embed_dim": 256}\'')
+@click.option("--log", default=_d("log"), type=click.Choice(["jsonl", "tensorboard"]), help=_help("log"))
 def train(config_file, set_items, threads, **opts):
     """Train a model (default: A²OS²A on Fashion-MNIST) and write checkpoints and a metrics log.
 
@@ -180,12 +181,16 @@ def train(config_file, set_items, threads, **opts):
     # moments (elapsed_s stops at the last epoch's end, wall_s after the final checkpoints: a fast run raced)
     resumed = f" ({(earlier + m['wall_s']) / 60:.1f} min over all processes of the run)" if earlier > 0 else ""
     click.echo(f"done: best test accuracy {m['best_test_acc']:.2f} %{raw} in {m['wall_s'] / 60:.1f} min{resumed}; "
-               f"checkpoints in {cfg.out}/ (best.safetensors, last.safetensors), log {cfg.out}/metrics.jsonl")
+               f"checkpoints in {cfg.out}/ (best.safetensors, last.safetensors), log {cfg.out}/metrics.jsonl"
+               + (f", curves {cfg.out}/curves.png" if cfg.runtime.plot else "")
+               + (f", TensorBoard {cfg.out}/tensorboard" if cfg.runtime.log == "tensorboard" else ""))
 
 
 @main.command("eval")
-@click.option("--checkpoint", required=True, help="a .safetensors checkpoint")
-@click.option("--data", default="fashion-mnist", show_default=True)
+@click.option("--checkpoint", default=None, help="a .safetensors checkpoint")
+@click.option("--pretrained", default=None,
+              help="a pretrained folder, a shipped model name (e.g. a2os2a_fmnist) or hf-hub:owner/name")
+@click.option("--data", default=None, help="dataset [default: the pretrained card's, else fashion-mnist]")
 @click.option("--data-dir", default=None)
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "json_out", default=None, help="also write the metrics to this JSON file")
@@ -193,8 +198,8 @@ def train(config_file, set_items, threads, **opts):
 @click.option("--int8", is_flag=True,
               help="evaluate the inference path `spikeformers bench` times: BatchNorm folded, bf16 weights, int8 "
                    "products where a layer's input is spikes (an approximation like bf16; docs/performance.md)")
-def eval_cmd(checkpoint, data, data_dir, batch_size, json_out, tta_flip, int8):
-    """Evaluate a checkpoint on the test set."""
+def eval_cmd(checkpoint, pretrained, data, data_dir, batch_size, json_out, tta_flip, int8):
+    """Evaluate a checkpoint or pretrained model on the test set."""
     import contextlib
 
     import torch
@@ -206,7 +211,16 @@ def eval_cmd(checkpoint, data, data_dir, batch_size, json_out, tta_flip, int8):
     if int8 and not int8_available():
         raise click.UsageError("--int8 needs a CPU build of PyTorch with oneDNN's int8 operators (x86); "
                                "evaluate without it")
-    model, meta = load_checkpoint(checkpoint)
+    if (checkpoint is None) == (pretrained is None):
+        raise click.UsageError("give one of --checkpoint FILE or --pretrained SOURCE")
+    if pretrained is not None:
+        from .models.registry import from_pretrained
+        model = from_pretrained(pretrained)
+        meta = {"model": model.model_name}
+        data = data or (model.pretrained.get("card") or {}).get("data")
+    else:
+        model, meta = load_checkpoint(checkpoint)
+    data = data or "fashion-mnist"
     _, test, info = data_loaders(TrainConfig.from_dict(data=data, data_dir=data_dir, batch_size=batch_size))
     if (model.in_chans, model.img_size, model.num_classes) != (info["in_chans"], info["img_size"], info["num_classes"]):
         raise ConfigError(f"checkpoint model {meta.get('model')} expects [B,{model.in_chans},{model.img_size},"
@@ -236,10 +250,12 @@ def eval_cmd(checkpoint, data, data_dir, batch_size, json_out, tta_flip, int8):
 @click.option("--params/--no-params", default=True, show_default=True, help="count parameters (builds each model on the meta device)")
 @click.option("--markdown", is_flag=True, help="print the models table in Markdown (params, paper accuracy, source)")
 def models(pattern, params, markdown):
-    """List registered models (optionally matching a glob PATTERN)."""
+    """List registered models (optionally matching a glob PATTERN) with their paper top-1 figures
+    (a mark for a figure that rests on a secondary source)."""
     import torch
 
     from .models import create_model, list_models, model_entry
+    from .models.table import SECONDARY_MARK, SECONDARY_NOTE, paper_figures
     names = list_models(pattern)
     if not names:
         raise ConfigError(f"no registered model matches {pattern!r}; see `spikeformers models` for the list")
@@ -247,6 +263,7 @@ def models(pattern, params, markdown):
         from .models.table import markdown_table
         click.echo(markdown_table(pattern))
         return
+    marked = False
     for name in names:
         e = model_entry(name)
         d = e.defaults
@@ -256,7 +273,14 @@ def models(pattern, params, markdown):
             with torch.device("meta"):
                 n = sum(p.numel() for p in create_model(name).parameters())
             line += f" params={n:>12,}"
+        figures = paper_figures(e.meta)
+        if figures:
+            line += "  paper: " + ", ".join(f"{v:g} {k}" + (f"{SECONDARY_MARK} ({conf or '?'} confidence)" if sec else "")
+                                            for k, v, sec, conf in figures)
+            marked = marked or any(sec for *_, sec, _ in figures)
         click.echo(line)
+    if marked:
+        click.echo(SECONDARY_NOTE)
 
 
 @main.group()
@@ -294,9 +318,15 @@ def data_check(name, data_dir, T, split_by):
 @click.option("--kwargs", "kwargs_json", default=None,
               help='JSON of the official constructor kwargs, e.g. \'{"embed_dims": 384, "depths": 4}\'')
 @click.option("--out", required=True, help="output .safetensors (a .json sidecar is written beside it)")
-def convert(official, source, kwargs_json, out):
-    """Convert an official checkpoint OFFICIAL (.pth) into a spikeformers checkpoint."""
+@click.option("--folder", default=None,
+              help="also a pretrained folder (config.json, model.safetensors, README.md card) for "
+                   "spikeformers.from_pretrained [default: OUT without its suffix]")
+@click.option("--data", default=None, help="the data the official weights were trained on, for the card (e.g. cifar10)")
+@click.option("--license", "license_", default=None, help="the official weights' licence, for the card")
+def convert(official, source, kwargs_json, out, folder, data, license_):
+    """Convert an official checkpoint OFFICIAL (.pth) into a spikeformers checkpoint and pretrained folder."""
     from .engine.checkpoint import save_checkpoint
+    from .models import model_entry
     from .models.official import from_official
     kw = _json_object(kwargs_json, "--kwargs")
     model = from_official(official, source, **kw)
@@ -305,9 +335,27 @@ def convert(official, source, kwargs_json, out):
         model.config["per_step_logits"] = False
     path = save_checkpoint(out, model, official_source=source, official_kwargs=kw,
                            official_dropped=model.official_dropped)
+    repo = source.split(":")[0].split("@")[0]
+    folder = Path(folder) if folder else path.with_suffix("")
+    entry = model_entry(model.model_name)
+    family = (sys.modules[entry.factory.__module__].__doc__ or model.model_name).splitlines()[0]
+    model.save_pretrained(folder, data=data, architecture=f"{family} {entry.meta.get('source', '')}".strip(),
+                          source=f"official checkpoint {Path(official).name} of https://github.com/{repo} "
+                                 f"({source}), converted by `spikeformers convert` (same logits)",
+                          license=license_ or f"not stated here: see https://github.com/{repo}",
+                          official_kwargs=kw)
     n = sum(p.numel() for p in model.parameters())
-    click.echo(f"{source} -> {path} ({model.model_name} config, {n:,} params; dropped unused official "
-               f"entries: {len(model.official_dropped)})")
+    click.echo(f"{source} -> {path} and {folder}/ ({model.model_name} config, {n:,} params; dropped unused "
+               f"official entries: {len(model.official_dropped)})")
+
+
+@main.command("plot")
+@click.argument("run_dir", type=click.Path(exists=True))
+@click.option("--out", default=None, help="PNG to write [default: RUN_DIR/curves.png]")
+def plot_cmd(run_dir, out):
+    """Draw a run's curves (loss, accuracy, learning rate, firing rate) from RUN_DIR/metrics.jsonl."""
+    from .analysis.plots import plot_run
+    click.echo(f"wrote {plot_run(run_dir, out)}")
 
 
 @main.command(context_settings={"show_default": True})
@@ -326,7 +374,7 @@ def convert(official, source, kwargs_json, out):
                    "docs/performance.md for the accuracy); default: on for a CPU with oneDNN's int8 operators, off with --compile")
 @click.option("--reps", default=5, type=click.IntRange(min=1), help="timed repetitions (median)")
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="torch CPU threads (default: all cores)")
-@click.option("--device", default="cpu", help="cpu or cuda")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N [default: cuda when available, else cpu]")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @click.option("--model-kwargs", default=None, help='JSON of extra model kwargs, e.g. \'{"embed_dim": 192}\'')
 def bench(name, T, batch, img_size, num_classes, precision, compile_, optimize, fuse, int8, reps, threads, device,
@@ -335,6 +383,7 @@ def bench(name, T, batch, img_size, num_classes, precision, compile_, optimize, 
     this machine's measured fp32 and bf16 matmul peaks."""
     from .analysis.bench import bench_model
     _threads(threads)
+    device = _device(device)
     r = bench_model(name, T=T, batch=batch, img_size=img_size, num_classes=num_classes, precision=precision,
                     compile=compile_, optimize=optimize, fuse=fuse, reps=reps, device=device,
                     model_kwargs=_json_object(model_kwargs, "--model-kwargs"), int8=int8)
@@ -346,20 +395,25 @@ def bench(name, T, batch, img_size, num_classes, precision, compile_, optimize, 
     click.echo(f"{name}: T={T} batch={batch} {img_size}x{img_size} {num_classes} classes, {precision}"
                f"{', compiled' if compile_ else ''}{', optimized' if optimize else ''}, {r.threads} threads"
                f"{f' on {r.cpu}' if r.cpu else ''}")
+    share = (f"{100 * r.gflops_s / peak:.0f} % of the {precision} matmul peak" if peak == peak
+             else f"{precision} is not native here: no peak")
     click.echo(f"  train     {r.train_img_s:8.1f} img/s   {r.gflops_s:7.1f} GFLOP/s "
-               f"({100 * r.gflops_s / peak:.0f} % of the {precision} matmul peak; {r.train_gflop_per_step:.1f} GFLOP/step)")
+               f"({share}; {r.train_gflop_per_step:.1f} GFLOP/step)")
     click.echo(f"  inference {r.infer_img_s:8.1f} img/s   {r.infer_gflops_s:7.1f} GFLOP/s"
                f"{' (BatchNorm folded)' if fuse else ''}; spiking neurons fired {100 * r.infer_spike_rate:.2f} % of outputs")
     if r.int8:
         click.echo(f"            (int8 products on spike inputs; with {precision} products: {r.infer_float_img_s:.1f} img/s)")
-    click.echo(f"  peak memory {r.peak_mem_mb:.0f} MB; matmul peaks fp32 {r.peak_fp32_gflops_s:.0f}, "
-               f"bf16 {r.peak_bf16_gflops_s:.0f} GFLOP/s; {r.kernel}")
+    bf16 = (f"{r.peak_bf16_gflops_s:.0f} GFLOP/s" if r.peak_bf16_gflops_s == r.peak_bf16_gflops_s
+            else "not native (emulated, not timed)")
+    click.echo(f"  peak memory {r.peak_mem_mb:.0f} MB; matmul peaks fp32 {r.peak_fp32_gflops_s:.0f} GFLOP/s, "
+               f"bf16 {bf16}; {r.kernel}")
 
 
 @main.command(context_settings={"show_default": True})
 @click.option("--attentions", required=True,
               help="comma-separated attention names, or 'all' (ssa, sdsa, qk_token, qk_channel, dssa, a2os2a, "
-                   "statten, stmixer, ms, ds2ta)")
+                   "statten, stmixer, ms, ds2ta); NAME:KEY=VALUE[:KEY=VALUE] gives one entry options of its own, "
+                   "so settings of one attention compare side by side: 'a2os2a,a2os2a:proj=none'")
 @click.option("--backbone", default="spikedriven_fmnist",
               help="registered Spike-driven Transformer or Spikformer model that takes attention=")
 @click.option("--data", default="fashion-mnist", type=click.Choice(DATASETS))
@@ -403,73 +457,149 @@ def compare(attentions, backbone, model_kwargs, attn_kwargs, energy_images, spee
 
 
 @main.command()
-@click.argument("dataset", type=click.Choice(["fashion-mnist"]))
-@click.option("--dest", default=None, help="target folder (default: the cache ~/.cache/spikeformers/fashion-mnist)")
-def download(dataset, dest):
-    """Download a dataset and verify its published MD5 sums."""
-    from .data.fashion_mnist import CACHE_DIR, download_fashion_mnist
-    click.echo(f"Fashion-MNIST in {download_fashion_mnist(dest or CACHE_DIR)}")
+@click.argument("dataset", type=click.Choice(["fashion-mnist", "cifar10", "cifar100"]))
+@click.option("--dest", default=None,
+              help="target folder (default: the cache ~/.cache/spikeformers, where the readers look without "
+                   "--data-dir; Fashion-MNIST: its fashion-mnist/ subfolder)")
+@click.option("--url", default=None,
+              help="fetch from this mirror instead (CIFAR: the archive's URL; Fashion-MNIST: the folder's); "
+                   "the published MD5 sums are still checked")
+@click.option("--keep-archive", is_flag=True, help="CIFAR: keep the .tar.gz after extracting it")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def download(dataset, dest, url, keep_archive, quiet):
+    """Download a dataset and verify its published MD5 sums (CIFAR: resumable, extracted safely; see
+    docs/datasets.md)."""
+    if dataset == "fashion-mnist":
+        from .data.fashion_mnist import CACHE_DIR, DEFAULT_URL, download_fashion_mnist
+        click.echo(f"Fashion-MNIST in {download_fashion_mnist(dest or CACHE_DIR, base_url=url or DEFAULT_URL)}")
+        return
+    from .data.download import download as download_archive
+    folder = download_archive(dataset, dest, url=url, keep_archive=keep_archive, progress=not quiet)
+    click.echo(f"{dataset} in {folder}" + (f" (train and evaluate with --data {dataset} --data-dir {dest})" if dest
+                                           else f" (found there by --data {dataset} without --data-dir)"))
+
+
+@main.command("export", context_settings={"show_default": True})
+@click.option("--model", default=None, help="registered model name (with --checkpoint / --pretrained: the model it "
+                                            "must hold)")
+@click.option("--checkpoint", default=None, help="a .safetensors checkpoint (rebuilds its model)")
+@click.option("--pretrained", default=None,
+              help="a pretrained folder, the name of a model shipped with its weights, or hf-hub:owner/name")
+@click.option("--format", "fmt", default="onnx", type=click.Choice(["onnx", "pt2"]),
+              help="onnx (needs the export extra) or pt2 (a torch.export program)")
+@click.option("--out", required=True, help="the file to write")
+@click.option("--frames/--images", default=None,
+              help="input [B,T,C,H,W] frames or [B,C,H,W] static images [default: frames for event-camera models]")
+@click.option("--model-kwargs", default=None, help="JSON of model kwargs overrides")
+@click.option("--opset", default=None, type=click.IntRange(min=7), help="ONNX opset [default: the exporter's]")
+@click.option("--optimize/--no-optimize", default=True, help="let the ONNX exporter simplify the graph")
+@click.option("--check/--no-check", default=True,
+              help="load the file back, run it on another batch size and compare its logits with PyTorch's")
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="torch CPU threads (default: all cores)")
+def export_cmd(model, checkpoint, pretrained, fmt, out, frames, model_kwargs, opset, optimize, check, threads):
+    """Export a model for inference: dynamic batch, T unrolled, no custom kernels (docs/export.md)."""
+    from .analysis.energy import model_dataset
+    from .analysis.export import export
+    _threads(threads)
+    net, note, hint, _ = _energy_model(model, checkpoint, pretrained, model_kwargs)
+    if frames is None:
+        frames = model_dataset(net, hint) in ("dvs128-gesture", "cifar10-dvs")
+    r = export(net.cpu(), out, fmt, frames=frames, opset=opset, optimize=optimize, check=check)
+    click.echo(f"{getattr(net, 'model_name', type(net).__name__)} ({note}) -> {r}")
 
 
 # ----------------------------------------------------------------------------------------------
 # energy / audit
 # ----------------------------------------------------------------------------------------------
-def _energy_setup(model, checkpoint, data, data_dir, batches, batch_size, seed, model_kwargs, calibrate_bn):
-    """(model in eval mode, list of input batches, note about the weights) for energy / audit."""
+def _energy_model(model, checkpoint, pretrained, model_kwargs):
+    """(model, note about its weights, the dataset its checkpoint was trained on, trained?)."""
+    kwargs = _json_object(model_kwargs, "--model-kwargs")
+    if checkpoint and pretrained:
+        raise ConfigError("give --checkpoint FILE or --pretrained NAME|FOLDER, not both")
+    if checkpoint:
+        from .engine.checkpoint import load_checkpoint
+        net, meta = load_checkpoint(checkpoint, expect_model=model, **kwargs)
+        tc = meta.get("train_config") or {}
+        hint = tc.get("data")
+        hint = hint.get("name") if isinstance(hint, dict) else hint
+        return net, f"weights: {checkpoint}", hint, True
+    if pretrained:
+        import spikeformers
+        net = spikeformers.from_pretrained(pretrained, **kwargs)
+        if model and getattr(net, "model_name", None) != model:
+            raise ConfigError(f"--pretrained {pretrained} holds model {getattr(net, 'model_name', '?')!r}, "
+                              f"expected {model!r} (--model); leave --model out to use whichever it holds")
+        return net, f"weights: pretrained {pretrained}", None, True
+    if model:
+        from .models import create_model
+        return create_model(model, **kwargs), "weights: random init (untrained)", None, False
+    raise ConfigError("give --model NAME, --checkpoint FILE or --pretrained NAME|FOLDER")
+
+
+def _device(device: str | None) -> str:
+    """``device``, or cuda when PyTorch sees a GPU, else cpu; a clear error for one it cannot use."""
     import torch
 
-    from .analysis.energy import calibrate_batchnorm
-    from .engine.checkpoint import load_checkpoint
-    from .models import create_model
-    kwargs = _json_object(model_kwargs, "--model-kwargs")
-    if checkpoint:
-        net, meta = load_checkpoint(checkpoint, expect_model=model, **kwargs)
-        note = f"weights: {checkpoint}"
-    elif model:
-        net, note = create_model(model, **kwargs), "weights: random init (untrained)"
-    else:
-        raise ConfigError("give --model NAME or --checkpoint FILE")
-    c, s = net.in_chans, net.img_size
-    if data == "random":
-        g = torch.Generator().manual_seed(seed)
-        xs = [torch.randn(batch_size, c, s, s, generator=g) for _ in range(batches)]
-        note += f"; data: {batches} x {batch_size} N(0,1) random images [{c},{s},{s}] (seed {seed})"
-    elif data == "fashion-mnist":
-        from .data import InMemoryLoader, load_fashion_mnist
-        from .data import fashion_mnist as fmnist
-        if (c, s) != (1, 28):
-            raise ConfigError(f"model {getattr(net, 'model_name', '?')} expects input [B,{c},{s},{s}]; "
-                             f"fashion-mnist is [B,1,28,28] (use --data random for this model)")
-        xte, yte = load_fashion_mnist("test", data_dir)
-        loader = InMemoryLoader(xte, yte, batch_size, fmnist.MEAN, fmnist.STD)
-        xs = []
-        for x, _ in loader:
-            if len(xs) == batches:
-                break
-            xs.append(x)
-        note += f"; data: first {sum(len(x) for x in xs)} Fashion-MNIST test images"
-    else:
-        raise ConfigError(f"unknown --data {data!r}; expected 'fashion-mnist' or 'random'")
+    from .errors import UnsupportedError
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device!r} is not a device; expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UnsupportedError(f"--device {device}: this PyTorch build sees no CUDA GPU; use --device cpu")
+    return device
+
+
+def _energy_setup(model, checkpoint, pretrained, data, data_dir, batches, batch_size, seed, model_kwargs,
+                  calibrate_bn, device):
+    """(model in eval mode on its device, list of input batches, note about weights and data, event
+    input?) for energy / audit."""
+    from .analysis import energy as E
+    net, note, hint, trained = _energy_model(model, checkpoint, pretrained, model_kwargs)
+    dev = _device(device)
+    net = net.to(dev)
+    xs, desc, events = E.load_batches(net, data, data_dir, batches, batch_size, seed, hint=hint)
+    note += f"; data: {desc}"
+    if calibrate_bn is None:
+        calibrate_bn = not trained
     if calibrate_bn:
-        calibrate_batchnorm(net, xs[0])
-        note += "; BatchNorm statistics calibrated on the first batch"
-    return net.eval(), xs, note
+        E.calibrate_batchnorm(net, xs[0])
+        note += ("; BatchNorm statistics calibrated on the first batch"
+                 + ("" if trained else " (untrained weights: --no-calibrate-bn keeps the initial ones)"))
+    return net.eval(), xs, f"{note}; device {dev}", events
+
+
+def _silent_warning(report) -> None:
+    silent = [n.name for n in report.silent_neurons]
+    if silent and report.fired:
+        click.echo(f"warning: {len(silent)} of {len(report.neurons)} neuron layers never fired "
+                   f"({', '.join(silent[:4])}{', ...' if len(silent) > 4 else ''})", err=True)
 
 
 def _energy_options(f):
     for opt in reversed([
-        click.option("--model", default=None, help="registered model name (with --checkpoint: the model it must hold)"),
+        click.option("--model", default=None, help="registered model name (with --checkpoint / --pretrained: "
+                                                   "the model it must hold)"),
         click.option("--checkpoint", default=None, help="a .safetensors checkpoint (rebuilds its model)"),
-        click.option("--data", default="fashion-mnist", show_default=True, type=click.Choice(["fashion-mnist", "random"]),
-                     help="input images: the Fashion-MNIST test set or N(0,1) noise of the model's input shape"),
-        click.option("--data-dir", default=None, help="dataset folder (default: $SPIKEFORMERS_DATA or the system copy)"),
+        click.option("--pretrained", default=None,
+                     help="a pretrained folder, the name of a model shipped with its weights, or hf-hub:owner/name"),
+        click.option("--data", default="auto", show_default=True, type=click.Choice(["auto", "random", *DATASETS]),
+                     help="inputs: the first test samples of a dataset `train` reads; random: N(0,1) images of the "
+                          "model's input shape; auto: the model's own dataset if it is on disk, else random"),
+        click.option("--data-dir", default=None,
+                     help="dataset folder (without it, Fashion-MNIST and CIFAR are looked for in $SPIKEFORMERS_DATA, "
+                          "the system copy and the download cache)"),
         click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1)),
         click.option("--seed", default=0, show_default=True, type=int, help="seed of --data random"),
         click.option("--model-kwargs", default=None, help="JSON of model kwargs overrides"),
         click.option("--threads", default=None, type=click.IntRange(min=1),
                      help="torch CPU threads (1 is fastest for small models on shared cores)"),
-        click.option("--calibrate-bn", is_flag=True,
-                     help="untrained models only: set BatchNorm statistics from the first batch so neurons fire"),
+        click.option("--device", default=None, help="cpu, cuda or cuda:N [default: cuda when available, else cpu]"),
+        click.option("--calibrate-bn/--no-calibrate-bn", default=None,
+                     help="set BatchNorm statistics from the first batch so that neurons fire "
+                          "[default: on for untrained weights (--model), off for --checkpoint / --pretrained]"),
     ]):
         f = opt(f)
     return f
@@ -486,20 +616,23 @@ def _energy_options(f):
               help="save the attention tensors of one input as a PNG grid: what passes through each "
                    "attention's attn_map (A2OS2A: K^T V per head, or Q K^T with order qk_v; SDSA: the "
                    "heads x channels mask)")
-def energy(model, checkpoint, data, data_dir, batch_size, seed, model_kwargs, threads, calibrate_bn, batches,
-           accounting, csv_out, json_out, plot, plot_attention):
+@click.pass_context
+def energy(ctx, model, checkpoint, pretrained, data, data_dir, batch_size, seed, model_kwargs, threads, device,
+           calibrate_bn, batches, accounting, csv_out, json_out, plot, plot_attention):
     """Per-layer FLOPs, firing rates, MACs/ACs/SOPs and energy per image (E_MAC 4.6 pJ, E_AC 0.9 pJ).
 
-    `paper` counts energy the way the model's own paper does; `strict` counts every product without
-    a spike operand as a MAC (the Spikingformer tool's rule). See docs/energy.md."""
+    `paper` counts energy the way the model's own paper does (event-camera input: the first layer
+    accumulates events); `strict` counts every product without a spike operand as a MAC (the
+    Spikingformer tool's rule). Exit status 3 (INCONCLUSIVE) when no neuron fired. See docs/energy.md."""
     from .analysis import energy as E
     _threads(threads)
-    net, xs, note = _energy_setup(model, checkpoint, data, data_dir, batches, batch_size, seed,
-                                  model_kwargs, calibrate_bn)
+    net, xs, note, events = _energy_setup(model, checkpoint, pretrained, data, data_dir, batches, batch_size, seed,
+                                          model_kwargs, calibrate_bn, device)
     accs = ["paper", "strict"] if accounting == "both" else [accounting]
-    report = E.measure(net, xs)
+    report = E.measure(net, xs, events=True if events else None)
     click.echo(f"{report.model_name} (family {report.family}); {note}")
     click.echo(report.table(accs))
+    _silent_warning(report)
     if csv_out:
         report.write_csv(csv_out, accs)
         click.echo(f"wrote {csv_out}")
@@ -513,39 +646,45 @@ def energy(model, checkpoint, data, data_dir, batch_size, seed, model_kwargs, th
         maps = E.capture_attention(net, xs[0][:1])
         E.plot_attention(maps, plot_attention)
         click.echo(f"wrote {plot_attention} ({len(maps)} attention modules)")
+    if not report.fired:
+        click.echo(f"INCONCLUSIVE: no neuron fired in any of the {len(report.neurons)} neuron layers: the figures "
+                   "are those of a network that does nothing (measure trained weights on real data, or "
+                   "calibrate BatchNorm with --calibrate-bn)")
+        ctx.exit(E.EXIT_CODES["INCONCLUSIVE"])
 
 
 @main.command()
 @_energy_options
 @click.option("--batches", default=1, show_default=True, type=click.IntRange(min=1))
 @click.pass_context
-def audit(ctx, model, checkpoint, data, data_dir, batch_size, seed, model_kwargs, threads, calibrate_bn, batches):
+def audit(ctx, model, checkpoint, pretrained, data, data_dir, batch_size, seed, model_kwargs, threads, device,
+          calibrate_bn, batches):
     """List every product of two non-spike operands (real x real; integer is non-spike) outside the
-    first layer and the classifier; exit 1 if there is any."""
+    first layer and the classifier. Exit status: 0 PASS, 1 FAIL (such products exist), 3
+    INCONCLUSIVE (no neuron fired, or products passed only on spike tensors that stayed zero)."""
     from .analysis import energy as E
     _threads(threads)
-    net, xs, note = _energy_setup(model, checkpoint, data, data_dir, batches, batch_size, seed,
-                                  model_kwargs, calibrate_bn)
-    report = E.measure(net, xs)
-    found = E.audit(report)
+    net, xs, note, events = _energy_setup(model, checkpoint, pretrained, data, data_dir, batches, batch_size, seed,
+                                          model_kwargs, calibrate_bn, device)
+    report = E.measure(net, xs, events=True if events else None)
+    result = E.audit_verdict(report)
     click.echo(f"{report.model_name} (family {report.family}); {note}")
-    silent = [n.name for n in report.neurons if n.rate == 0.0]
-    if silent:
-        click.echo(f"warning: {len(silent)} of {len(report.neurons)} neuron layers never fired "
-                   f"({', '.join(silent[:4])}{', ...' if len(silent) > 4 else ''}); value domains are judged "
-                   f"from the values seen, so a silent model can pass trivially (use a checkpoint or --calibrate-bn)",
-                   err=True)
+    _silent_warning(report)
     enc, cls = [r for r in report.ops if report.role(r) == "first"], report.classifier
     layers = ", ".join(f"{r.name} ({' x '.join(r.domains)})" for r in enc) or "-"
     click.echo(f"exempt: input layer{'s' if len(enc) > 1 else ''} {layers}, "
                f"classifier {cls.name if cls else '-'} ({' x '.join(cls.domains) if cls else ''})")
-    if found:
-        click.echo(f"FAIL: {len(found)} product(s) with no spike operand:")
-        for f in found:
+    if result.verdict == "FAIL":
+        click.echo(f"FAIL: {len(result.findings)} product(s) with no spike operand:")
+        for f in result.findings:
             click.echo(f"  {f}")
-        ctx.exit(1)
-    n = sum(1 for r in report.ops if r.op != "scale" and report.role(r) not in ("first", "classifier"))
-    click.echo(f"PASS: addition-only: each of the other {n} products has a binary or ternary operand")
+        if any("integer" in f.domains or "signed-integer" in f.domains for f in result.findings):
+            click.echo("note: an integer operand is a sum of spikes (e.g. a residual stream that adds spike tensors); "
+                       "the strict rule counts a product with it as a multiplication, the paper accounting as "
+                       "spikes (docs/energy.md)")
+    else:
+        click.echo(f"{result.verdict}: {result.reason}")
+    ctx.exit(result.exit_code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -131,3 +131,11 @@ def test_shell_commands_run(page, tmp_path, monkeypatch):
         args = args[3:] if args[0] == "python" else args[1:]
         r = CliRunner().invoke(main, [os.path.expanduser(a) for a in args])
         assert r.exit_code == 0, f"`{line}` exited {r.exit_code}:\n{r.output[-2000:]}"
+
+
+def test_readme_zoo_table_is_the_generated_one():
+    """The README's model table is `spikeformers models --markdown`, so it cannot drift from the registry."""
+    from spikeformers.models.table import markdown_table
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- zoo:start -->\n(.*?)\n<!-- zoo:end -->", text, re.S)
+    assert block and block.group(1) == markdown_table(), "regenerate it with `spikeformers models --markdown`"

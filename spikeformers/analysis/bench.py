@@ -46,8 +46,7 @@ from ..engine.hardware import (
 from ..engine.optim import build_optimizer
 from ..errors import ConfigError
 from ..models import create_model
-from ..nn.neurons import ReLUNeuron
-from .energy import is_neuron
+from .firing import FiringRateMonitor
 
 __all__ = ["BenchResult", "bench_model", "step_flops", "spike_rate_of", "median_time"]
 
@@ -78,6 +77,7 @@ class BenchResult:
     infer_spike_rate: float = float("nan")   # nonzero outputs of the spiking neurons in the timed inference
     int8: bool = False          # inference with int8 products (accel.quantize_int8) where inputs are spikes
     infer_float_img_s: float = float("nan")  # with int8: the same inference with float (bf16/fp32) products
+    train_peak_mem_mb: float = float("nan")  # peak memory of the timed train step alone
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -145,7 +145,7 @@ def bench_model(name: str, T: int = 4, batch: int = 16, img_size: int = 32, num_
         optimize_model(model)
     x = torch.randn(batch, model.in_chans, img_size, img_size, device=device)
     y = torch.randint(0, num_classes, (batch,), device=device)
-    train_s = infer_s = spike_rate = infer_float_s = float("nan")
+    train_s = infer_s = spike_rate = infer_float_s = train_peak = float("nan")
     train_flops = infer_flops = float("nan")
 
     if train:
@@ -160,9 +160,13 @@ def bench_model(name: str, T: int = 4, batch: int = 16, img_size: int = 32, num_
             opt.zero_grad(set_to_none=True)
 
         model.train()
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
         train_s = median_time(train_step, warmup + (2 if compile else 0), reps, device)
+        train_peak = _peak_mem_mb(device)     # the timed train step's own peak (GPU; the process's on CPU)
         model.train()
-        train_flops = step_flops(lambda: F.cross_entropy(model(x).float(), y).backward())
+        with _autocast(device, precision):    # the same products as the timed step, in its precision
+            train_flops = step_flops(lambda: F.cross_entropy(model(x).float(), y).backward())
         model.zero_grad(set_to_none=True)
 
     if infer:
@@ -202,7 +206,8 @@ def bench_model(name: str, T: int = 4, batch: int = 16, img_size: int = 32, num_
         gflops_s=train_flops / train_s / 1e9, infer_gflops_s=infer_flops / infer_s / 1e9,
         peak_fp32_gflops_s=p32, peak_bf16_gflops_s=p16, train_gflop_per_step=train_flops / 1e9,
         infer_gflop_per_step=infer_flops / 1e9, kernel=kernels.status(), cpu=device_name(device),
-        infer_spike_rate=spike_rate, int8=int8, infer_float_img_s=batch / infer_float_s)
+        infer_spike_rate=spike_rate, int8=int8, infer_float_img_s=batch / infer_float_s,
+        train_peak_mem_mb=train_peak)
 
 
 def spike_rate_of(model: torch.nn.Module, x: torch.Tensor) -> float:
@@ -210,17 +215,6 @@ def spike_rate_of(model: torch.nn.Module, x: torch.Tensor) -> float:
     in one forward pass of ``model`` on ``x``. Dense kernels cost the same at any rate, so the figure does
     not change a timing; it says what the timed network did: a benchmark model at random initialisation
     may hardly fire past its stem, where an event-driven kernel would look unrealistically fast."""
-    counts = [0, 0]
-
-    def hook(_m, _inp, out):
-        counts[0] += int(torch.count_nonzero(out))
-        counts[1] += out.numel()
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if is_neuron(m) and not isinstance(m, ReLUNeuron)]
-    try:
+    with FiringRateMonitor(model) as mon:
         model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return counts[0] / counts[1] if counts[1] else float("nan")
+    return mon.rate

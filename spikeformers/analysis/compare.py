@@ -1,8 +1,11 @@
 """``spikeformers compare``: every attention on one backbone, one seed, one dataset, one budget.
 
-For each attention name, :func:`compare` trains ``backbone`` with ``attention=name`` through the
+For each attention entry, :func:`compare` trains ``backbone`` with ``attention=name`` through the
 training engine (:func:`spikeformers.engine.fit`, the same :class:`~spikeformers.engine.TrainConfig`
-apart from the attention), then measures the trained model:
+apart from the attention), then measures the trained model. An entry is an attention name, or a name
+with options of its own, ``NAME:KEY=VALUE[:KEY=VALUE...]`` (:func:`parse_attention_spec`), so that
+settings of one attention compare side by side, e.g. ``a2os2a, a2os2a:proj=none, a2os2a:proj=conv_bn``.
+Each row and run folder is named after its entry. The measurements:
 
 * top-1 accuracy on the test set (the engine's last evaluation; with ``recalibrate_bn=N``, after
   re-estimating BatchNorm statistics on N training images, see :func:`~spikeformers.analysis.energy.calibrate_batchnorm`),
@@ -19,7 +22,8 @@ pruning (k² tokens per block), ``halting=True`` a row with STAS-style adaptive 
 
 It writes ``compare.md`` (a Markdown table with the run's settings), ``compare.csv``,
 ``compare.json`` and ``compare.png`` (accuracy against energy, both accountings) into ``out``;
-each model's checkpoints and logs are in ``out/<attention>/``.
+each model's checkpoints and logs are in ``out/<entry>/`` (the entry with any character other than
+letters, digits and ``_.=-`` replaced by ``_``, e.g. ``out/a2os2a_proj=none/``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -43,7 +48,8 @@ from ..nn.attention import ATTENTIONS
 from . import energy
 from .energy import calibrate_batchnorm
 
-__all__ = ["compare", "energy_columns", "write_table", "plot_accuracy_energy", "COLUMNS"]
+__all__ = ["compare", "energy_columns", "parse_attention_spec", "run_folder", "write_table", "plot_accuracy_energy",
+           "COLUMNS"]
 
 COLUMNS = [
     ("attention", "attention"),
@@ -56,6 +62,34 @@ COLUMNS = [
     ("train_img_s", "train img/s"),
     ("infer_img_s", "infer img/s"),
 ]
+
+
+def parse_attention_spec(spec: str) -> tuple[str, dict]:
+    """``"NAME[:KEY=VALUE[:KEY=VALUE...]]"`` -> ``(NAME, {KEY: VALUE, ...})``: the attention's name and
+    options of its own for one compared entry. A VALUE is read as JSON where it parses (``1``,
+    ``0.5``, ``true``, ``null``, ``"x"``), else kept as the text (``proj=none`` gives ``"none"``)."""
+    name, *items = [p.strip() for p in spec.strip().split(":")]
+    if not name:
+        raise ConfigError(f"attention entry {spec!r} has no name; expected NAME or NAME:KEY=VALUE[:KEY=VALUE...]")
+    options = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not key.isidentifier() or not value:
+            raise ConfigError(f"attention entry {spec!r}: option {item!r} is not KEY=VALUE; expected "
+                              "NAME:KEY=VALUE[:KEY=VALUE...], e.g. a2os2a:proj=none")
+        if key in options:
+            raise ConfigError(f"attention entry {spec!r} sets option {key!r} twice")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return name, options
+
+
+def run_folder(label: str) -> str:
+    """The run folder name of a compared entry (letters, digits and ``_.=-``; others become ``_``)."""
+    return re.sub(r"[^A-Za-z0-9_.=-]", "_", label)
 
 
 def energy_columns(model: nn.Module, batches: list[torch.Tensor]) -> dict:
@@ -103,16 +137,25 @@ def compare(attentions: list[str], backbone: str = "spikedriven_fmnist", out: st
             base: TrainConfig | None = None, attn_kwargs: dict | None = None, energy_images: int = 256,
             speed_images: int = 512, tp_keep: int | None = None, halting: bool = False,
             recalibrate_bn: int = 0, progress: bool = True) -> list[dict]:
-    """Train and measure ``backbone`` with each attention (module docstring); returns the rows.
-    ``base`` holds every other training option (data, epochs, max_steps, seed, batch size, T,
-    model_kwargs, ...); its ``model`` and ``out`` are replaced per attention."""
+    """Train and measure ``backbone`` with each attention entry (module docstring); returns the rows.
+    ``attentions`` holds names or ``NAME:KEY=VALUE`` entries (:func:`parse_attention_spec`);
+    ``attn_kwargs`` ({name: options}) applies to every entry of that name, an entry's own options
+    override it. ``base`` holds every other training option (data, epochs, max_steps, seed, batch
+    size, T, model_kwargs, ...); its ``model`` and ``out`` are replaced per entry."""
     if not attentions:
         raise ConfigError("compare needs at least one attention name")
-    unknown = [a for a in attentions if a not in ATTENTIONS]
+    labels = [a.strip() for a in attentions]
+    specs = [parse_attention_spec(a) for a in labels]
+    unknown = [n for n, _ in specs if n not in ATTENTIONS]
     if unknown:
         raise ConfigError(f"unknown attention(s) {unknown}; expected names from {sorted(ATTENTIONS)}")
-    if len(set(attentions)) != len(attentions):
-        raise ConfigError(f"attention names repeat: {attentions}")
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"attention names repeat: {labels}")
+    for i, (a, b) in enumerate(zip(specs, labels)):
+        same = [labels[j] for j in range(i) if specs[j] == a or run_folder(labels[j]) == run_folder(b)]
+        if same:
+            raise ConfigError(f"attention entries {same[0]!r} and {b!r} are the same setting or share the run "
+                              f"folder {run_folder(b)!r}; expected distinct entries")
     model_entry(backbone)  # an unknown backbone fails here, before any training
     if tp_keep is not None or halting:
         with torch.device("meta"):
@@ -121,10 +164,18 @@ def compare(attentions: list[str], backbone: str = "spikedriven_fmnist", out: st
             raise ConfigError(f"token pruning / halting need a Spike-driven Transformer backbone; "
                              f"{backbone} is a {type(probe).__name__}")
     attn_kwargs = attn_kwargs or {}
-    stray = sorted(set(attn_kwargs) - set(attentions))
+    names = [n for n, _ in specs]
+    stray = sorted(set(attn_kwargs) - set(names))
     if stray:
-        raise ConfigError(f"attn_kwargs for attention(s) {stray} that are not compared ({attentions})")
+        raise ConfigError(f"attn_kwargs for attention(s) {stray} that are not compared ({labels})")
+    options = [{**attn_kwargs.get(n, {}), **kw} for n, kw in specs]
     base = base or TrainConfig()
+    for label, name, kw in zip(labels, names, options):  # a bad option fails here, before any training
+        try:
+            with torch.device("meta"):
+                create_model(backbone, **{**base.model.kwargs, "attention": name, "attn_kwargs": kw})
+        except (ConfigError, TypeError) as e:
+            raise ConfigError(f"attention entry {label!r} on {backbone}: {e}") from None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base = base.replace(model=backbone, resume=False)
@@ -134,39 +185,40 @@ def compare(attentions: list[str], backbone: str = "spikedriven_fmnist", out: st
     speed_batches = _test_batches(test_loader, speed_images)
 
     rows = []
-    for name in attentions:
+    for label, name, kw in zip(labels, names, options):
         mk = {**base.model.kwargs, "attention": name}
-        if name in attn_kwargs:
-            mk["attn_kwargs"] = attn_kwargs[name]
-        cfg = base.replace(out=str(out / name), model_kwargs=mk)
+        if kw:
+            mk["attn_kwargs"] = kw
+        run = out / run_folder(label)
+        cfg = base.replace(out=str(run), model_kwargs=mk)
         if progress:
-            print(f"== {name} on {backbone}")
+            print(f"== {label} on {backbone}")
         t0 = time.perf_counter()
         metrics = fit(cfg, progress=progress)
-        model, _ = load_checkpoint(out / name / "last.safetensors")
+        model, _ = load_checkpoint(run / "last.safetensors")
         acc = metrics["test_acc"]
         if calib_batches:
             acc = evaluate(calibrate_batchnorm(model, calib_batches), test_loader, progress=False)["acc"]
-        row = {"attention": name, "accuracy": acc, "engine_test_acc": metrics["test_acc"],
+        row = {"attention": label, "accuracy": acc, "engine_test_acc": metrics["test_acc"],
                "params": sum(p.numel() for p in model.parameters()), "train_img_s": metrics["train_img_s"],
                "steps": metrics["step"], "train_wall_s": time.perf_counter() - t0}
         rows.append(_measure(model, row, energy_batches, speed_batches))
         extra = []
         if tp_keep is not None and name != "stmixer":
-            extra.append((f"{name} +TP k={tp_keep}", lambda m: m.set_token_pruning(tp_keep)))
+            extra.append((f"{label} +TP k={tp_keep}", lambda m: m.set_token_pruning(tp_keep)))
         if halting:
-            extra.append((f"{name} +halting", lambda m: m.set_halting({})))
-        for label, setup in extra:
-            m, _ = load_checkpoint(out / name / "last.safetensors")
+            extra.append((f"{label} +halting", lambda m: m.set_halting({})))
+        for extra_label, setup in extra:
+            m, _ = load_checkpoint(run / "last.safetensors")
             if calib_batches:
                 m.load_state_dict(model.state_dict())  # the recalibrated statistics, unpruned
             setup(m)
             ev = evaluate(m, test_loader, progress=False)
-            r = {"attention": label, "accuracy": ev["acc"], "engine_test_acc": None, "params": row["params"],
+            r = {"attention": extra_label, "accuracy": ev["acc"], "engine_test_acc": None, "params": row["params"],
                  "train_img_s": float("nan"), "steps": row["steps"], "train_wall_s": 0.0}
             rows.append(_measure(m, r, energy_batches, speed_batches))
         if progress:
-            print(f"   {name}: {row['accuracy']:.2f} %, paper {row['energy_paper_mj']:.4g} mJ, "
+            print(f"   {label}: {row['accuracy']:.2f} %, paper {row['energy_paper_mj']:.4g} mJ, "
                   f"strict {row['energy_strict_mj']:.4g} mJ, {row['infer_img_s']:.0f} img/s")
 
     settings = {"backbone": backbone, **{k: base.get(k) for k in ("data", "epochs", "max_steps", "batch_size", "lr",

@@ -61,6 +61,9 @@ Accountings (E_MAC = 4.6 pJ, E_AC = 0.9 pJ, 45 nm)
     Spikformer's integer residual stream counts as spikes, as its paper does). SDT's paper counts its
     mask products (an elementwise product with a binary operand) as free. SpikingResformer:
     ``E = E_AC x SOPs`` with the stem (first layer) and the classifier excluded.
+    Event-camera input (frames of event counts, ``EnergyRecorder(events=...)``): the input is
+    spikes, so a first layer reading it is AC, ``(events per input entry) x FLOPs`` (a count k is k
+    events; for binary frames this is ``rate x FLOPs``).
 ``strict``
     One rule for every model, the Spikingformer energy tool's: a product is an
     accumulate only if one of its two operands is a spike tensor (binary or ternary). For a conv or
@@ -84,6 +87,16 @@ is integer or real (its weight is real), or a product of two non-spike activatio
 first layer (the analog image encoding: every conv/linear whose input is the model input itself, or
 a view, copy or cast of it) and the classifier (the last conv/linear executed), and
 ``scale`` ops. Integer operands are reported as ``integer``, never as binary.
+:func:`audit_verdict` adds the verdict: FAIL if there is any such product, INCONCLUSIVE if no
+neuron fired (every tensor zero looks binary, so nothing is proved) or some product passed only on
+spike operands that stayed all zero, else PASS (:data:`EXIT_CODES`: 0, 1, 3).
+
+Inputs
+------
+:func:`load_batches` gives the inputs of ``spikeformers energy`` / ``audit``: the first test samples
+of any dataset ``train`` reads (through :func:`spikeformers.data.loaders.build_loaders`), random
+images of the model's input shape, or ``auto`` (:func:`model_dataset`: the model's own dataset when
+it is on disk, else random).
 """
 
 from __future__ import annotations
@@ -100,13 +113,15 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from ..errors import ConfigError, UsageError, InputError
+from ..errors import ConfigError, DatasetError, InputError, UsageError
 from ..nn import neurons as _neurons
 
 __all__ = [
     "E_MAC_PJ", "E_AC_PJ", "ACCOUNTINGS", "PAPER_RULES", "PaperRule", "OperandStats", "OpRecord",
-    "NeuronRecord", "EnergyRecorder", "EnergyReport", "AuditFinding", "measure", "audit",
+    "NeuronRecord", "EnergyRecorder", "EnergyReport", "AuditFinding", "AuditResult", "EXIT_CODES", "measure",
+    "audit", "audit_verdict",
     "capture_attention", "plot_firing_rates", "plot_attention", "calibrate_batchnorm",
+    "DATA_CHOICES", "model_dataset", "random_batches", "load_batches",
 ]
 
 E_MAC_PJ = 4.6  # pJ per multiply-accumulate, 45 nm (Horowitz, ISSCC 2014)
@@ -129,6 +144,7 @@ class OperandStats:
     is_integer: bool = True
     vmin: float = math.inf
     vmax: float = -math.inf
+    abs_sum: float = 0.0     # sum of |values|: the number of events in a tensor of event counts
 
     @classmethod
     def of(cls, x: torch.Tensor) -> "OperandStats":
@@ -141,7 +157,7 @@ class OperandStats:
             xf = x
             is_int = bool(torch.isfinite(xf).all()) and bool(torch.equal(xf, torch.round(xf)))
         return cls(numel=x.numel(), nonzero=int(torch.count_nonzero(xf)), is_integer=is_int,
-                   vmin=float(xf.min()), vmax=float(xf.max()))
+                   vmin=float(xf.min()), vmax=float(xf.max()), abs_sum=float(xf.abs().sum(dtype=torch.float64)))
 
     def merge(self, other: "OperandStats") -> None:
         self.numel += other.numel
@@ -149,11 +165,17 @@ class OperandStats:
         self.is_integer = self.is_integer and other.is_integer
         self.vmin = min(self.vmin, other.vmin)
         self.vmax = max(self.vmax, other.vmax)
+        self.abs_sum += other.abs_sum
 
     @property
     def rate(self) -> float:
         """Fraction of non-zero entries (the firing rate of a spike tensor)."""
         return self.nonzero / self.numel if self.numel else 0.0
+
+    @property
+    def mean_abs(self) -> float:
+        """Mean of |values|: events per entry for a tensor of event counts (the rate if binary)."""
+        return self.abs_sum / self.numel if self.numel else 0.0
 
     @property
     def domain(self) -> str:
@@ -298,6 +320,14 @@ class _Mode(TorchDispatchMode):
         return out
 
 
+def _looks_like_events(x: torch.Tensor) -> bool:
+    """A frame sequence ``[B, T, C, H, W]`` of non-negative integers: event counts per pixel and bin."""
+    if x.dim() != 5 or x.numel() == 0:
+        return False
+    x = x.detach()
+    return bool((x >= 0).all()) and (not x.is_floating_point() or bool(torch.equal(x, torch.round(x))))
+
+
 def _is_product(func) -> bool:
     return (func is aten.convolution.default or func in _MM or func in _MUL or func is aten.addcmul.default
             or any(s in str(func) for s in _SDPA_NAMES))
@@ -310,16 +340,21 @@ class EnergyRecorder:
     ...     for x in batches: model(x)
     >>> report = rec.report()
 
-    ``T`` defaults to ``model.T``; it is only used to detect a first layer whose input repeats over
-    time (a static image). ``capture_attention=True`` also keeps, for the first image of the first
+    ``T`` defaults to ``model.T`` (a frame sequence ``[B, T, C, H, W]`` brings its own); it is only used
+    to detect a first layer whose input repeats over time (a static image). ``events`` says whether
+    the inputs are event-camera frames (counts of events per pixel and time bin); ``None`` decides
+    per batch: a frame sequence of non-negative integers is event data. ``capture_attention=True`` also keeps, for the first image of the first
     batch, the tensor passing through each attention's ``attn_map`` (or, failing that, the first
     product of two activations inside each module named ``attn``), for :func:`plot_attention`.
     """
 
-    def __init__(self, model: nn.Module, T: int | None = None, capture_attention: bool = False):
+    def __init__(self, model: nn.Module, T: int | None = None, capture_attention: bool = False,
+                 events: bool | None = None):
         self.model = model
         self.T = T if T is not None else getattr(model, "T", None)
         self.capture = capture_attention
+        self.events = events
+        self._event_batches: list[bool] = []
         self.ops: dict[str, OpRecord] = {}
         self.neurons: dict[str, NeuronRecord] = {}
         self.attention: dict[str, torch.Tensor] = {}
@@ -401,7 +436,18 @@ class EnergyRecorder:
                     for a in xs:
                         self._mark(a)
                         self._mark(a, self._inputs)
-                    self._batch_B = int(xs[0].shape[0])
+                    x0 = xs[0]
+                    if x0.dim() == 5:   # frames [B, T, C, H, W]: their own number of time steps
+                        self.T = int(x0.shape[1])
+                    if self.events is None:
+                        self._busy = True
+                        try:
+                            self._event_batches.append(_looks_like_events(x0))
+                        finally:
+                            self._busy = False
+                    else:
+                        self._event_batches.append(bool(self.events))
+                    self._batch_B = int(x0.shape[0])
                     self.images += self._batch_B
                     self._ordinals.clear()
             self._stack.append(name)
@@ -504,6 +550,8 @@ class EnergyRecorder:
                          [t for t in (q, k) if self._is_act(t)])
 
     def _record(self, op: str, func, out, flops: int, operands: list) -> None:
+        if any(t.dtype == torch.bool for t in operands) or (isinstance(out, torch.Tensor) and out.dtype == torch.bool):
+            return   # logic on masks (an input check such as isfinite): no synaptic operation
         self._busy = True
         try:
             self._record_op(op, func, out, flops, operands)
@@ -551,7 +599,8 @@ class EnergyRecorder:
         neurons = sorted(self.neurons.values(), key=lambda r: r.order)
         return EnergyReport(ops=ops, neurons=neurons, images=self.images, T=self.T,
                             family=getattr(self.model, "family", None),
-                            model_name=getattr(self.model, "model_name", type(self.model).__name__))
+                            model_name=getattr(self.model, "model_name", type(self.model).__name__),
+                            events=bool(self._event_batches) and all(self._event_batches))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -579,6 +628,25 @@ class EnergyReport:
     T: int | None
     family: str | None = None
     model_name: str | None = None
+    events: bool = False     # the inputs were event-camera frames (see ``EnergyRecorder``)
+
+    # -- firing ------------------------------------------------------------------------------
+    @property
+    def spiking_neurons(self) -> list[NeuronRecord]:
+        """Neuron layers whose outputs are spikes (binary or ternary)."""
+        return [n for n in self.neurons if n.domain in SPIKE_DOMAINS]
+
+    @property
+    def silent_neurons(self) -> list[NeuronRecord]:
+        """Neuron layers that never fired (every output zero) on the inputs measured."""
+        return [n for n in self.neurons if n.stats.nonzero == 0]
+
+    @property
+    def fired(self) -> bool:
+        """Whether any neuron fired. If none did, every tensor after the first layer is zero: the
+        energy is that of a network that does nothing and the audit cannot tell a spike tensor
+        from a real one (all-zero tensors look binary): both are inconclusive."""
+        return any(n.stats.nonzero > 0 for n in self.neurons)
 
     # -- roles -------------------------------------------------------------------------------
     @property
@@ -619,6 +687,10 @@ class EnergyReport:
         if role == "first":
             if rule.first_layer == "exclude":
                 return "excluded", 0.0, 0.0
+            if self.events and r.reads_input and r.operands and r.operands[0].domain in ("binary", "integer"):
+                # event-camera frames: every event is a spike reaching the layer's synapses, so the
+                # layer accumulates (events per input entry) x FLOPs; a count k is k events
+                return "ac", 0.0, r.operands[0].mean_abs * fl
             once = fl / self.T if (r.time_repeated and self.T) else fl
             return "mac", once, 0.0
         if role == "classifier" and rule.classifier == "exclude":
@@ -635,13 +707,17 @@ class EnergyReport:
             acs += a
         energy_pj = E_MAC_PJ * macs + E_AC_PJ * acs
         spk = [n for n in self.neurons if n.domain in SPIKE_DOMAINS]
+        rule = paper_rule(self.family).description if accounting == "paper" else \
+            "strict: AC = rate x FLOPs if an operand is binary/ternary, else MAC = FLOPs (Spikingformer tool)"
+        if accounting == "paper" and self.events and paper_rule(self.family).first_layer != "exclude":
+            rule += "; event-camera input: the first layer is AC, (events per input entry) x FLOPs"
         return {
             "accounting": accounting,
-            "rule": paper_rule(self.family).description if accounting == "paper" else
-            "strict: AC = rate x FLOPs if an operand is binary/ternary, else MAC = FLOPs (Spikingformer tool)",
+            "rule": rule,
             "macs": macs, "acs": acs, "sops": sum(self.sops(r) for r in self.ops),
             "energy_mj": energy_pj * 1e-9,
             "mean_firing_rate": (sum(n.rate for n in spk) / len(spk)) if spk else None,
+            "fired": self.fired, "silent_neuron_layers": len(self.silent_neurons), "events": self.events,
             "images": self.images, "T": self.T, "family": self.family,
             "e_mac_pj": E_MAC_PJ, "e_ac_pj": E_AC_PJ,
         }
@@ -662,6 +738,7 @@ class EnergyReport:
         accountings = list(accountings)
         tot = {acc: self.totals(acc) for acc in accountings}
         return {"model": self.model_name, "family": self.family, "images": self.images, "T": self.T,
+                "events": self.events, "fired": self.fired,
                 "total": tot[accountings[0]], "totals": tot,
                 "layers": self.layer_rows(accountings),
                 "neurons": [{"name": n.name, "kind": n.kind, "domain": n.domain, "rate": n.rate}
@@ -708,8 +785,8 @@ class EnergyReport:
             lines.append(f"[{acc}] MACs {_si(t['macs'])}  ACs {_si(t['acs'])}  SOPs {_si(t['sops'])}  "
                          f"energy {t['energy_mj']:.4g} mJ/image  mean firing rate {mfr}")
             lines.append(f"[{acc}] rule: {t['rule']}")
-        lines.append(f"per image, averaged over {self.images} images, T={self.T}; "
-                     f"E_MAC={E_MAC_PJ} pJ, E_AC={E_AC_PJ} pJ (45 nm)")
+        lines.append(f"per image, averaged over {self.images} {'event samples' if self.events else 'images'}, "
+                     f"T={self.T}; E_MAC={E_MAC_PJ} pJ, E_AC={E_AC_PJ} pJ (45 nm)")
         return "\n".join(lines)
 
     def audit(self) -> list[AuditFinding]:
@@ -735,18 +812,94 @@ def audit(report: EnergyReport) -> list[AuditFinding]:
     return found
 
 
+#: exit status of ``spikeformers audit`` / ``energy`` per verdict (2 is the command line's own usage error)
+EXIT_CODES = {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}
+
+
+@dataclass
+class AuditResult:
+    """The addition-only audit's verdict on one report (:func:`audit_verdict`).
+
+    ``verdict``: ``"PASS"`` (every checked product had a spike operand that was seen to carry
+    spikes), ``"FAIL"`` (``findings``: products with no spike operand) or ``"INCONCLUSIVE"`` (no
+    neuron fired, nothing was checked, or some products passed only on spike operands that stayed
+    all zero: ``unobserved``). ``checked``: the products judged (all but the first layer, the
+    classifier and ``scale`` ops)."""
+
+    verdict: str
+    findings: list[AuditFinding]
+    checked: int
+    unobserved: list[str]
+    reason: str
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
+
+
+def audit_verdict(report: EnergyReport) -> AuditResult:
+    """:func:`audit` with a verdict that a silent network cannot pass (:class:`AuditResult`).
+
+    Value domains are judged from the values seen, and an all-zero tensor looks binary: a network
+    in which no neuron fires (untrained weights, a wrong input scale) would "pass" with every
+    product. A real x real product that *was* seen is a failure whatever else happened."""
+    found = audit(report)
+    checked = [r for r in report.ops if r.op != "scale" and report.role(r) not in ("first", "classifier")]
+    unobserved = [r.name for r in checked if r.has_spike_operand and all(o.nonzero == 0 for o in r.spike_operands)]
+    if found:
+        return AuditResult("FAIL", found, len(checked), unobserved,
+                           f"{len(found)} of the {len(checked)} checked products have no spike operand")
+    if not checked:
+        return AuditResult("INCONCLUSIVE", [], 0, [], "no product outside the first layer and the classifier "
+                           "was recorded: nothing to check")
+    if not report.fired:
+        n = len(report.neurons)
+        return AuditResult("INCONCLUSIVE", [], len(checked), unobserved,
+                           f"no neuron fired ({'none' if not n else f'all {n}'} neuron layers silent): every tensor "
+                           "after the first layer is zero, and a zero tensor looks binary, so the audit cannot tell "
+                           "spikes from real values; measure trained weights on real data, or calibrate BatchNorm "
+                           "(--calibrate-bn)")
+    if unobserved:
+        return AuditResult("INCONCLUSIVE", [], len(checked), unobserved,
+                           f"{len(unobserved)} of the {len(checked)} checked products passed only on spike operands "
+                           f"that stayed all zero ({', '.join(unobserved[:3])}{', ...' if len(unobserved) > 3 else ''}); "
+                           "measure more inputs or trained weights")
+    return AuditResult("PASS", [], len(checked), [],
+                       f"addition-only: each of the other {len(checked)} products has a binary or ternary operand")
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return None
+
+
 def measure(model: nn.Module, batches: Iterable, T: int | None = None,
-            capture_attention: bool = False) -> EnergyReport | tuple[EnergyReport, dict]:
-    """Run ``model`` (in eval mode, no grad) over ``batches`` (tensors ``[B,C,H,W]`` or
-    ``(x, y)`` pairs) under an :class:`EnergyRecorder`; returns its report (and the captured
-    attention maps if ``capture_attention``). The model's train/eval mode is restored afterwards."""
+            capture_attention: bool = False, events: bool | None = None) -> EnergyReport | tuple[EnergyReport, dict]:
+    """Run ``model`` (in eval mode, no grad) over ``batches`` and return its :class:`EnergyReport`
+    (and the captured attention maps if ``capture_attention``).
+
+    ``batches``: an iterable of inputs, each a tensor ``[B,C,H,W]`` (static images) or
+    ``[B,T,C,H,W]`` (frames), or an ``(x, y)`` pair as data loaders yield; each is moved to the
+    model's device. ``events``: whether the inputs are event-camera frames, whose first layer the
+    ``paper`` accounting counts as accumulates of events (``None``: frames of non-negative
+    integers are). The model's train/eval mode is restored afterwards.
+
+    >>> report = measure(model, loader)          # any model built of our neurons
+    >>> report.totals("paper")["energy_mj"], audit_verdict(report).verdict
+    """
     was_training = model.training
     model.eval()
-    rec = EnergyRecorder(model, T=T, capture_attention=capture_attention)
+    device = _model_device(model)
+    rec = EnergyRecorder(model, T=T, capture_attention=capture_attention, events=events)
     try:
         with torch.no_grad(), rec:
             for b in batches:
                 x = b[0] if isinstance(b, (tuple, list)) else b
+                if device is not None and isinstance(x, torch.Tensor) and x.device != device:
+                    x = x.to(device)
                 model(x)
     finally:
         model.train(was_training)
@@ -768,10 +921,117 @@ def calibrate_batchnorm(model: nn.Module, batches) -> nn.Module:
             m.reset_running_stats()
             m.momentum = None
     model.train()
+    device = _model_device(model)
     with torch.no_grad():
         for x in batches:
-            model(x)
+            x = x[0] if isinstance(x, (tuple, list)) else x
+            model(x.to(device) if device is not None else x)
     return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs: the model's own dataset, any dataset `train` reads, or random images of its shape
+# ----------------------------------------------------------------------------------------------
+DATA_CHOICES = ("auto", "random", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "dvs128-gesture",
+                "cifar10-dvs")
+_EVENT_DATA = ("dvs128-gesture", "cifar10-dvs")
+_DATA_ALIASES = {"fmnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10",
+                 "cifar-100": "cifar100", "cifar10dvs": "cifar10-dvs", "gesture": "dvs128-gesture",
+                 "dvs-gesture": "dvs128-gesture", "imagenet": "imagefolder"}
+
+
+def model_dataset(model: nn.Module, hint: str | None = None) -> str | None:
+    """The dataset ``model`` is made for: ``hint`` (e.g. the ``data`` a checkpoint was trained on),
+    else the ``data`` of its pretrained card, else what its registered name and input shape say
+    (``*_fmnist``: fashion-mnist, ``*gesture*`` / ``*dvsg``: dvs128-gesture, ``*cifar10dvs``:
+    cifar10-dvs, ``*cifar*``: cifar10 or cifar100 by its classes; ``[1,28,28]``: fashion-mnist,
+    ``[3,32,32]``: cifar10/100, 2 channels: an event dataset by its classes, ``[3,224,224]`` with 1000
+    classes: imagefolder). ``None`` when nothing says."""
+    card = (getattr(model, "pretrained", None) or {}).get("card") or {}
+    for h in (hint, card.get("data")):
+        if isinstance(h, str) and h:
+            key = h.lower().replace("_", "-")
+            key = _DATA_ALIASES.get(key, key)
+            if key in DATA_CHOICES[2:]:
+                return key
+    name = (getattr(model, "model_name", None) or "").lower()
+    c, s, k = getattr(model, "in_chans", None), getattr(model, "img_size", None), getattr(model, "num_classes", None)
+    if "fmnist" in name:
+        return "fashion-mnist"
+    if "gesture" in name or name.endswith("dvsg"):
+        return "dvs128-gesture"
+    if "cifar10dvs" in name:
+        return "cifar10-dvs"
+    if "cifar" in name and k in (10, 100):
+        return "cifar10" if k == 10 else "cifar100"
+    if (c, s, k) == (1, 28, 10):
+        return "fashion-mnist"
+    if (c, s) == (3, 32) and k in (10, 100):
+        return "cifar10" if k == 10 else "cifar100"
+    if c == 2 and k in (10, 11):
+        return "cifar10-dvs" if k == 10 else "dvs128-gesture"
+    if c == 3 and k == 1000 and s and s >= 160:
+        return "imagefolder"
+    return None
+
+
+def random_batches(model: nn.Module, batches: int, batch_size: int, seed: int = 0) -> list[torch.Tensor]:
+    """``batches`` tensors of N(0,1) images ``[batch_size, C, H, W]`` of the model's input shape."""
+    c, s = model.in_chans, model.img_size
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch_size, c, s, s, generator=g) for _ in range(batches)]
+
+
+def load_batches(model: nn.Module, data: str = "auto", data_dir=None, batches: int = 4, batch_size: int = 32,
+                 seed: int = 0, hint: str | None = None, progress: bool = True) -> tuple[list[torch.Tensor], str, bool]:
+    """Inputs to :func:`measure` ``model`` on: ``(list of input tensors, what they are, events)``.
+
+    ``data``: ``"random"`` (:func:`random_batches`), a dataset ``train`` reads (the first
+    ``batches x batch_size`` samples of its test split, through the loaders and transforms
+    ``train`` uses (:func:`spikeformers.data.loaders.build_loaders`), resized to the model's input
+    size; event data integrated into the model's ``T`` frames), or ``"auto"``: the model's own
+    dataset (:func:`model_dataset`) when it is found on disk, else random images of the model's
+    input shape (the description says why). ``events`` is True for the event-camera datasets."""
+    if data not in DATA_CHOICES:
+        raise ConfigError(f"unknown data {data!r}; expected one of {', '.join(DATA_CHOICES)}")
+    c, s = model.in_chans, model.img_size
+    why = ""
+    if data == "auto":
+        name = model_dataset(model, hint)
+        if name is None:
+            why = f"no dataset is known for {getattr(model, 'model_name', type(model).__name__)}"
+        elif name in ("imagefolder",) + _EVENT_DATA and data_dir is None:
+            why = f"{name} needs --data-dir"
+        else:
+            try:
+                return load_batches(model, name, data_dir, batches, batch_size, seed, progress=progress)
+            except DatasetError as e:
+                why = f"{name} not found ({str(e).splitlines()[0].rstrip('.:')})"
+        data = "random"
+    if data == "random":
+        desc = f"{batches} x {batch_size} N(0,1) random images [{c},{s},{s}] (seed {seed})"
+        if why:
+            desc += f", because {why}"
+        return random_batches(model, batches, batch_size, seed), desc, False
+    if data in ("imagefolder",) + _EVENT_DATA and data_dir is None:
+        raise ConfigError(f"--data {data} needs --data-dir, the folder that holds it (see docs/datasets.md)")
+    from ..data.loaders import build_loaders
+    n = batches * batch_size
+    opts = {}
+    if data != "fashion-mnist":
+        opts["img_size"] = s
+    if data in _EVENT_DATA:
+        opts.update(in_chans=c, T=getattr(model, "T", None))
+    _, test, info = build_loaders(data, None if data_dir is None else str(data_dir), batch_size, seed=seed,
+                                  workers=0, eval_images=n, progress=progress, **opts)
+    if (info["in_chans"], info["img_size"]) != (c, s):
+        raise ConfigError(f"model {getattr(model, 'model_name', type(model).__name__)} expects input "
+                          f"[B,{c},{s},{s}]; {data} is [B,{info['in_chans']},{info['img_size']},{info['img_size']}] "
+                          "(use --data random for this model, or a dataset of its input shape)")
+    xs = torch.cat([b[0] if isinstance(b, (tuple, list)) else b for b in test])[:n]
+    out = list(xs.split(batch_size))
+    kind = "event samples" if data in _EVENT_DATA else "images"
+    return out, f"the first {len(xs)} {data} test {kind}", data in _EVENT_DATA
 
 
 def capture_attention(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -190,6 +190,12 @@ def build_dataset(name: str, data_dir, train: bool, **kw):
     key = aliases.get(key, key)
     if key not in _REGISTRY:
         raise ConfigError(f"unknown dataset {name!r}; known: {list_datasets()}")
+    if data_dir is None and key in ("imagefolder", "dvs128-gesture", "cifar10-dvs"):
+        layout = {"imagefolder": "imagefolder", "dvs128-gesture": "dvs128_gesture", "cifar10-dvs": "cifar10_dvs"}[key]
+        import importlib
+        raise DatasetNotFoundError(key, "(no --data-dir given)",
+                                   importlib.import_module(f".{layout}", __name__).LAYOUT,
+                                   "this dataset has no default location; pass --data-dir")
     return _REGISTRY[key](data_dir, train, name=key, **kw)
 
 

@@ -5,6 +5,9 @@ On disk::
     DATA_DIR/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}
     DATA_DIR/cifar-100-python/{train, test, meta}
 
+Without a ``data_dir`` (``--data-dir``) the reader looks in ``$SPIKEFORMERS_DATA``, then in the cache
+``~/.cache/spikeformers`` where ``spikeformers download cifar10`` / ``cifar100`` extracts the archives.
+
 Each batch is a pickled dict with bytes keys: ``b'data'`` is uint8 ``[N, 3072]``, each row the
 1024 red, then 1024 green, then 1024 blue values of a 32x32 image in row-major order;
 ``b'labels'`` (CIFAR-10) or ``b'fine_labels'`` (CIFAR-100; ``b'coarse_labels'`` is ignored).
@@ -12,6 +15,7 @@ Each batch is a pickled dict with bytes keys: ``b'data'`` is uint8 ``[N, 3072]``
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 from typing import Callable
@@ -56,16 +60,30 @@ def _unpickle(path: Path) -> dict:
         return pickle.load(f, encoding="bytes")
 
 
-def load_cifar_arrays(data_dir: str | Path, num_classes: int, train: bool):
-    """Return ``(images uint8 [N,3,32,32], labels int64 [N], class_names)``."""
+def _candidates(data_dir) -> list[Path]:
+    """``data_dir`` when given (authoritative), else ``$SPIKEFORMERS_DATA`` and the download cache."""
+    if data_dir is not None:
+        return [Path(data_dir)]
+    from .download import CACHE_ROOT
+    env = os.environ.get("SPIKEFORMERS_DATA")
+    return ([Path(env)] if env else []) + [CACHE_ROOT]
+
+
+def load_cifar_arrays(data_dir: str | Path | None, num_classes: int, train: bool):
+    """Return ``(images uint8 [N,3,32,32], labels int64 [N], class_names)``; ``data_dir`` None
+    looks in ``$SPIKEFORMERS_DATA`` and the download cache (module docstring)."""
     if num_classes not in (10, 100):
         raise ConfigError(f"num_classes must be 10 or 100, got {num_classes}")
-    data_dir = Path(data_dir)
     folder = "cifar-10-batches-py" if num_classes == 10 else "cifar-100-python"
     name = f"CIFAR-{num_classes}"
-    root = _find_root(data_dir, folder)
+    tried = _candidates(data_dir)
+    root = next((r for r in (_find_root(d, folder) for d in tried) if r is not None), None)
+    data_dir = tried[0]
     if root is None:
-        raise DatasetNotFoundError(name, data_dir, _LAYOUT[num_classes])
+        where = " or ".join(repr(str(d)) for d in tried[1:])
+        raise DatasetNotFoundError(name, data_dir, _LAYOUT[num_classes],
+                                   (f"also looked in {where}; " if where else "")
+                                   + f"`spikeformers download cifar{num_classes}` fetches and verifies it")
     if num_classes == 10:
         files = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
         label_key, meta_file, names_key = b"labels", "batches.meta", b"label_names"

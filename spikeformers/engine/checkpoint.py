@@ -14,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
-from ..models import create_model
+from ..models import create_model, list_models, model_entry
 
 __all__ = ["CheckpointError", "atomic_write", "save_checkpoint", "read_checkpoint", "load_checkpoint",
            "load_weights", "save_train_state", "load_train_state"]
@@ -104,7 +104,9 @@ def load_checkpoint(path: Path | str, expect_model: str | None = None, **overrid
         raise CheckpointError(f"{path}: metadata names no model")
     if expect_model is not None and name != expect_model:
         raise CheckpointError(f"{path} holds model {name!r}, expected {expect_model!r}")
-    model = create_model(name, **{**cfg, **overrides})
+    # options added to a model after the checkpoint was written take the value that reproduces it
+    legacy = model_entry(name).meta.get("legacy_defaults", {}) if name in list_models() else {}
+    model = create_model(name, **{**legacy, **cfg, **overrides})
     load_weights(model, state, source=str(path))
     return model, meta
 

@@ -118,6 +118,10 @@ class RuntimeConfig:
     fast_layers: bool = _opt(True, "1x1 convs as matmuls, channels-last tensors, C-kernel BatchNorm (same weights)")
     compile: bool = _opt(False, "torch.compile the training graph (minutes to build on CPU)")
     sync_bn: bool = _opt(False, "SyncBatchNorm across processes (GPU only)")
+    log: str = _opt("jsonl", "jsonl (OUT/metrics.jsonl, always written) | tensorboard (also TensorBoard "
+                             "event files in OUT/tensorboard; the tensorboard extra)")
+    firing_rates: bool = _opt(True, "record every spiking layer's firing rate on the test pass into metrics.jsonl")
+    plot: bool = _opt(True, "draw OUT/curves.png (loss, accuracy, lr, firing rate) at the end of the run")
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "augment": AugmentConfig, "optim": OptimConfig,
@@ -219,6 +223,8 @@ class TrainConfig:
             raise ConfigError(f"ema_raw_every must be >= 1 (epochs), got {o.ema_raw_every}")
         if o.ema and not 0.0 < o.ema < 1.0:
             raise ConfigError(f"ema must be a decay in (0, 1) such as 0.9998, or 0 for off; got {o.ema}")
+        if r.log not in ("jsonl", "tensorboard"):
+            raise ConfigError(f"log must be 'jsonl' or 'tensorboard', got {r.log!r}")
         if s.sched_per not in ("step", "epoch"):
             raise ConfigError(f"sched_per must be 'step' or 'epoch', got {s.sched_per!r}")
         if s.epochs < 1 or self.data.batch_size < 1:

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from ..accel import optimize
 from ..data.loaders import EVENT_DATASETS, build_loaders
 from ..data.mixup import Mixup
-from ..errors import TrainingError
+from ..errors import TrainingError, UnsupportedError
 from ..models import create_model
 from . import distributed as dist_utils
 from .checkpoint import (
@@ -114,6 +114,9 @@ class Trainer:
         self.best_acc, self.best_raw = -1.0, -1.0
         self.earlier_s = 0.0  # wall seconds spent by the earlier processes of a resumed run
         self.ema = None
+        self.tb = None        # the TensorBoard writer (runtime.log == "tensorboard")
+        if cfg.runtime.log == "tensorboard":
+            _tensorboard_writer_class()   # fail before any work when the package is missing
 
     # ------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -261,14 +264,30 @@ class Trainer:
         ``*_raw`` every ``ema_raw_every`` epochs)."""
         cfg, ema = self.cfg, self.ema
         test_raw = ema is None or (epoch + 1) % cfg.optim.ema_raw_every == 0 or epoch + 1 == cfg.schedule.epochs
-        ev = evaluate(self.model, self.test_loader, desc="test", progress=self.progress) if test_raw else None
+        watch = self.model if ema is None else ema.module     # the weights test_acc is about
+        ev, mon = None, None
+        if test_raw:
+            with self._firing(watch is self.model) as mon:
+                ev = evaluate(self.model, self.test_loader, desc="test", progress=self.progress)
         out = {}
         if ema is not None:
             if test_raw:
                 out = {"test_loss_raw": ev["loss"], "test_acc_raw": ev["acc"]}
                 self.best_raw = max(self.best_raw, ev["acc"])
-            ev = evaluate(ema.module, self.test_loader, desc="test (EMA)", progress=self.progress)
-        return {"test_loss": ev["loss"], "test_acc": ev["acc"], **out}
+            with self._firing(True, ema.module) as mon:
+                ev = evaluate(ema.module, self.test_loader, desc="test (EMA)", progress=self.progress)
+        return {"test_loss": ev["loss"], "test_acc": ev["acc"], **out, **(mon.summary() if mon else {})}
+
+    @contextlib.contextmanager
+    def _firing(self, on: bool, model=None):
+        """A FiringRateMonitor on ``model`` (default: the trained model) while ``runtime.firing_rates``
+        and ``on``; else None."""
+        if not (on and self.cfg.runtime.firing_rates):
+            yield None
+            return
+        from ..analysis.firing import FiringRateMonitor
+        with FiringRateMonitor(self.model if model is None else model) as mon:
+            yield mon
 
     def save(self, epoch: int, metrics: dict) -> None:
         """The epoch's metrics line, ``last`` / ``ema`` / ``best`` checkpoints and the state file,
@@ -276,6 +295,14 @@ class Trainer:
         cfg, out = self.cfg, self.out
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "step"):
+                    self.tb.add_scalar(k, v, epoch + 1)
+            for name, v in (metrics.get("firing_rates") or {}).items():
+                if v is not None:
+                    self.tb.add_scalar(f"firing_rates/{name}", v, epoch + 1)
+            self.tb.flush()
         info = {"epoch": epoch + 1, "step": self.step, "metrics": metrics, "train_config": cfg.to_dict()}
         save_checkpoint(out / "last.safetensors", self.model, **info)
         kept = self.model
@@ -301,6 +328,8 @@ class Trainer:
         if ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            if cfg.runtime.log == "tensorboard":
+                self.tb = _tensorboard_writer_class()(log_dir=str(self.out / "tensorboard"))
         self.wrap()
         if self.start_epoch == 0:
             self._say_header()
@@ -323,6 +352,11 @@ class Trainer:
         dist_utils.cleanup(ctx)
         if not ctx.is_main:
             return {}
+        if self.tb is not None:
+            self.tb.close()
+        if metrics and cfg.runtime.plot:
+            from ..analysis.plots import plot_run
+            plot_run(self.out)                   # OUT/curves.png: loss, accuracy, lr, firing rate
         metrics["best_test_acc"] = self.best_acc
         if self.ema is not None:
             metrics["best_test_acc_raw"] = self.best_raw
@@ -369,7 +403,20 @@ class Trainer:
         ema_txt = "" if self.ema is None else " with EMA weights" + raw
         self._say(f"epoch {epoch + 1}/{self.cfg.schedule.epochs}: train loss {m['train_loss']:.4f} "
                   f"acc {m['train_acc']:.2f} % | test loss {m['test_loss']:.4f} acc {m['test_acc']:.2f} %{ema_txt} "
-                  f"(best {self.best_acc:.2f} %) | {m['train_img_s']:.0f} img/s")
+                  f"(best {self.best_acc:.2f} %) | {m['train_img_s']:.0f} img/s"
+                  + (f" | firing rate {m['firing_rate']:.3f}" if m.get("firing_rate") is not None else ""))
+
+
+def _tensorboard_writer_class():
+    """torch's TensorBoard ``SummaryWriter``; an UnsupportedError naming the extra when the
+    tensorboard package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UnsupportedError("log='tensorboard' (--log tensorboard) needs the tensorboard package: "
+                               "pip install 'spikeformers[tensorboard]'; metrics.jsonl is written either way "
+                               "(`spikeformers plot RUN_DIR` draws it)") from None
+    return SummaryWriter
 
 
 def fit(cfg: TrainConfig, progress: bool = True) -> dict:

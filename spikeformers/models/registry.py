@@ -15,9 +15,10 @@ from typing import Callable
 
 from torch import nn
 
-from ..errors import ConfigError, UnknownNameError
+from ..errors import CheckpointError, ConfigError, UnknownNameError
+from .pretrained import load_state, read_pretrained
 
-__all__ = ["register_model", "create_model", "list_models", "model_entry", "ModelEntry"]
+__all__ = ["register_model", "create_model", "from_pretrained", "list_models", "model_entry", "ModelEntry"]
 
 
 @dataclass(frozen=True)
@@ -52,16 +53,42 @@ def model_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-def create_model(name: str, **overrides) -> nn.Module:
+def create_model(name: str, pretrained=None, **overrides) -> nn.Module:
     """Build the registered variant ``name``; ``overrides`` replace its defaults (at least
     ``num_classes``, ``img_size``, ``in_chans``, ``T``). The model keeps its full config in
-    ``model.config`` (name + kwargs), which checkpoints store to rebuild it."""
-    entry = model_entry(name)
-    cfg = {**entry.defaults, **overrides}
-    model = entry.factory(**cfg)
-    model.config = {"name": name, **cfg}
-    model.model_name = name
+    ``model.config`` (name + kwargs), which checkpoints store to rebuild it.
+
+    ``pretrained`` loads weights (see :mod:`spikeformers.models.pretrained`): a folder written by
+    ``save_pretrained``, ``True`` or a model name for the weights shipped in the package, or
+    ``"hf-hub:owner/name"``. The model is then built with the folder's arguments (``overrides`` on
+    top: those that change a weight's shape fail with the key named) and ``model.pretrained`` holds
+    the folder's ``config.json``."""
+    if pretrained is None or pretrained is False:
+        entry = model_entry(name)
+        cfg = {**entry.defaults, **overrides}
+        model = entry.factory(**cfg)
+        model.config = {"name": name, **cfg}
+        model.model_name = name
+        return model
+    folder = read_pretrained(pretrained, name)
+    if folder.name != name:
+        raise CheckpointError(f"pretrained {pretrained!r} holds model {folder.name!r}, not {name!r} "
+                              f"(spikeformers.from_pretrained({str(pretrained)!r}) builds whichever it holds)")
+    model = create_model(name, **{**folder.kwargs, **overrides})
+    load_state(model, folder)
+    model.pretrained = folder.config
     return model
+
+
+def from_pretrained(source, **overrides) -> nn.Module:
+    """The model held by the pretrained ``source`` (a folder, a shipped model name such as
+    ``"a2os2a_fmnist"``, or ``"hf-hub:owner/name"``), built and with its weights loaded, in
+    eval mode."""
+    folder = read_pretrained(source)
+    model = create_model(folder.name, **{**folder.kwargs, **overrides})
+    load_state(model, folder)
+    model.pretrained = folder.config
+    return model.eval()
 
 
 def list_models(pattern: str | None = None) -> list[str]:

@@ -8,6 +8,11 @@ forward pass, on membrane potentials ``U`` (real) and spikes ``S`` (binary)::
                      U  = U' + MLP(U')            MLP fires its input: SN(U')
     y  = mean_T( Linear( SN( mean_HW(U) ) ) )     head: pool the membrane, fire, classify
 
+``head_order`` says where the head's neuron sits: ``"pool_fire"`` (default, the official code
+above) or ``"fire_pool"``, y = mean_T( Linear( mean_HW( SN(U) ) ) ): every token fires, the spikes
+are averaged, then classified (the A²OS²A paper's Eq. 18, Y = CH(GAP(S_L)), as its Lille
+re-implementation reads it; the A²OS²A models default to it).
+
 The attention is a plug-in (``attention="sdsa"`` the paper's; any name of
 :data:`spikeformers.nn.attention.ATTENTIONS`, e.g. ``"a2os2a"``, ``"statten"``, ``"ssa"``, with its
 options in ``attn_kwargs``). Block-level options: ``token_keep`` (TP-Spikformer token pruning: per
@@ -41,7 +46,10 @@ from ..nn.layers import (
 from ..nn.neurons import LIF
 from .registry import register_model
 
-__all__ = ["SpikeDrivenTransformer", "MembraneShortcutBlock", "ATTENTIONS"]
+__all__ = ["SpikeDrivenTransformer", "MembraneShortcutBlock", "ATTENTIONS", "HEAD_ORDERS"]
+
+#: Where the head's neuron sits: pool the membrane then fire (official SDT), or fire then pool.
+HEAD_ORDERS = ("pool_fire", "fire_pool")
 
 
 class MembraneShortcutBlock(nn.Module):
@@ -79,8 +87,12 @@ class SpikeDrivenTransformer(SpikingModel):
                  T: int = 4, pooling_stat: str = "0011", dvs_mode: bool = False, tet: bool = False,
                  attention: str = "sdsa", attn_kwargs: dict | None = None, stem: str = "sps",
                  token_keep: int | list | None = None, ir_local: str = "per_channel",
-                 halting: dict | None = None, v_threshold: float = 1.0):
+                 halting: dict | None = None, v_threshold: float = 1.0, head_order: str = "pool_fire"):
         super().__init__()
+        if head_order not in HEAD_ORDERS:
+            raise ConfigError(f"head_order must be one of {HEAD_ORDERS} (pool then fire, as the official "
+                              f"code; or fire then pool), got {head_order!r}")
+        self.head_order = head_order
         self.img_size, self.in_chans, self.num_classes, self.T = img_size, in_chans, num_classes, T
         self.tet = tet
         self.attention = attention
@@ -141,7 +153,10 @@ class SpikeDrivenTransformer(SpikingModel):
         else:
             for i, blk in enumerate(self.block):
                 u = blk(u, keep=self.token_keep[i] if self.token_keep else None, ir_local=self.ir_local)
-        s = self.head_lif(token_mean(u))                 # [T,B,D] spikes of the pooled membrane
+        if self.head_order == "pool_fire":
+            s = self.head_lif(token_mean(u))             # [T,B,D] spikes of the pooled membrane
+        else:
+            s = token_mean(self.head_lif(u))             # [T,B,D] mean of every token's spikes
         y = self.head(s)                                 # [T,B,K]
         return y if self.tet else y.mean(0)
 

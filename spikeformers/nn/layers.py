@@ -293,6 +293,19 @@ class SpikingModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_tokens(self.to_time_first(x))
 
+    def save_pretrained(self, folder, dtype=None, **card):
+        """Write a pretrained folder (``config.json``, ``model.safetensors``, ``README.md`` card) that
+        ``spikeformers.from_pretrained(folder)`` loads back; see
+        :func:`spikeformers.models.pretrained.save_pretrained` for ``dtype`` and the card's facts."""
+        from ..models.pretrained import save_pretrained
+        return save_pretrained(self, folder, dtype=dtype, **card)
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Save and upload to the Hugging Face Hub (the ``hub`` extra); see
+        :func:`spikeformers.models.pretrained.push_to_hub`."""
+        from ..models.pretrained import push_to_hub
+        return push_to_hub(self, repo_id, **kwargs)
+
 
 class IPSPS(nn.Module):
     """Information-Protection SPS of STMixer (Deng et al., NeurIPS 2024; official

@@ -262,10 +262,21 @@ class Ternary(nn.Module):
         u[t] = decay * u[t-1] * (1 - |o[t-1]|) + x[t]
         o[t] = +1 if u[t] >= v_threshold, -1 if u[t] <= -v_threshold, else 0
 
-    i.e. a hard reset to 0 after either spike. Backward: do/du = g(|u| - v_threshold) with ``g`` the
-    surrogate's derivative; the default StraightThrough(0.5) with threshold 0.5 gives gradient 1 for
-    |u| <= 1 (the author's ``clamp`` backward). Defaults follow the author's Ternary-Spike code
-    (decay 0.25, threshold 0.5); the A²OS²A paper's own constants are unconfirmed.
+    i.e. a hard reset to 0 after either spike, and a leak ``decay`` otherwise. This form is
+    confirmed for A²OS²A: its Eq. 27 (Guo et al., CVPR 2025), as the Lille re-implementation
+    (Layeser/snn ``HPSTAtten/src/models/modules/ternary_lif.py``) writes it, is the Spike-driven
+    Transformer's LIF for a ternary spike, H = V_reset * |S| + beta * U * (1 - |S|) with
+    |S| = Hea(|U| - V_th): with V_reset = 0 and beta = ``decay`` it is the recursion above.
+
+    The constants are not confirmed for A²OS²A (the paper's values of beta and V_th are unread);
+    both defaults come from the first author's Ternary Spike code (yfguo91/Ternary-Spike,
+    ``models/spike_layer.py``): ``decay=0.25`` is the ``decay`` its ``LIFAct`` passes to
+    ``mem_update``; ``v_threshold=0.5`` is its firing rule, |u / V_th| >= 0.5 with V_th = 1.0.
+    That code has a spike amplitude ``fire_ratio`` fixed to 1 (the paper's trainable alpha); none here.
+
+    Backward: do/du = g(|u| - v_threshold) with ``g`` the surrogate's derivative; the default
+    StraightThrough(0.5) with threshold 0.5 gives gradient 1 for |u| <= 1 (that code's
+    ``clamp(u / V_th, -1, 1)`` straight-through backward).
     """
 
     def __init__(self, decay: float = 0.25, v_threshold: float = 0.5, detach_reset: bool = False,

@@ -78,6 +78,8 @@ class DSSA(nn.Module):
             return buf
         # Untrained heads (rate exactly 0) would give an infinite scale: use the batch's rate.
         # (Only then: a trained buffer is a constant, not a function of this batch's activations.)
+        if torch.compiler.is_compiling():   # graph capture (torch.export, ONNX): the same values, no branch on data
+            return torch.where(buf == 0, batch_rate, buf)
         return torch.where(buf == 0, batch_rate, buf) if bool((buf == 0).any()) else buf
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [T, B, C, H, W], real-valued
