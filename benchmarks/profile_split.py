@@ -67,6 +67,9 @@ def main() -> None:
                     help="inference with int8 products (spikeformers.accel.quantize_int8), as spikeformers bench times it")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--native", action="store_true",
+                    help="the model's own input size, channels and T (default: T=4, 32x32x3, batch 16, as bench)")
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--top", type=int, default=0, help="also print the N operators with the most self time")
     ap.add_argument("--spikingjelly", action="store_true",
                     help="profile SpikingJelly 2.0.0's model instead (run with benchmarks/.sj-venv/bin/python)")
@@ -74,7 +77,12 @@ def main() -> None:
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    if a.native:
+        from spikeformers.models import model_entry
+        d = model_entry(a.model).defaults
+        x, y = torch.randn(a.batch, d["in_chans"], d["img_size"], d["img_size"]), torch.randint(0, 10, (a.batch,))
+    else:
+        x, y = torch.randn(a.batch, 3, 32, 32), torch.randint(0, 10, (a.batch,))
     step, what = (_sj_step if a.spikingjelly else _our_step)(a, x, y)
     for _ in range(3 if a.sj_compile else 1):   # compiled: the first calls build the graphs
         step()
@@ -98,11 +106,11 @@ def main() -> None:
 def _our_step(a, x, y):
     from spikeformers.accel import keep_freed_memory
     keep_freed_memory()
-    from spikeformers.optim import build_optimizer
+    from spikeformers.engine.optim import build_optimizer
 
     from spikeformers.accel import fuse, optimize, quantize_int8
     from spikeformers.models import create_model
-    model = create_model(a.model, T=4, img_size=32, num_classes=10)
+    model = create_model(a.model) if a.native else create_model(a.model, T=4, img_size=32, num_classes=10)
     if not a.no_optimize:
         optimize(model)
     ac = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16")

@@ -15,9 +15,9 @@ Layout (each folder one layer; imports point down only)::
 
 __version__ = "0.1.0"
 
+from .analysis.firing import FiringRateMonitor  # noqa: E402
 from .models import create_model, list_models  # noqa: E402
 from .models.official import from_official  # noqa: E402
 from .models.registry import from_pretrained  # noqa: E402
-from .analysis.firing import FiringRateMonitor  # noqa: E402
 
 __all__ = ["create_model", "list_models", "from_official", "from_pretrained", "FiringRateMonitor", "__version__"]

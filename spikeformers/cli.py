@@ -198,7 +198,10 @@ def train(config_file, set_items, threads, **opts):
 @click.option("--int8", is_flag=True,
               help="evaluate the inference path `spikeformers bench` times: BatchNorm folded, bf16 weights, int8 "
                    "products where a layer's input is spikes (an approximation like bf16; docs/performance.md)")
-def eval_cmd(checkpoint, pretrained, data, data_dir, batch_size, json_out, tta_flip, int8):
+@click.option("--device", default=None, help="cpu, cuda or cuda:N [default: cuda when available, else cpu]")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0),
+              help="DataLoader workers (not Fashion-MNIST, which is held in memory)")
+def eval_cmd(checkpoint, pretrained, data, data_dir, batch_size, json_out, tta_flip, int8, device, workers):
     """Evaluate a checkpoint or pretrained model on the test set."""
     import contextlib
 
@@ -208,6 +211,9 @@ def eval_cmd(checkpoint, pretrained, data, data_dir, batch_size, json_out, tta_f
     from .engine import evaluate, load_checkpoint
     from .engine.trainer import data_loaders
     _threads(None)
+    device = _device(device)
+    if int8 and device != "cpu":
+        raise click.UsageError("--int8 runs oneDNN's CPU operators; use --device cpu")
     if int8 and not int8_available():
         raise click.UsageError("--int8 needs a CPU build of PyTorch with oneDNN's int8 operators (x86); "
                                "evaluate without it")
@@ -221,11 +227,13 @@ def eval_cmd(checkpoint, pretrained, data, data_dir, batch_size, json_out, tta_f
     else:
         model, meta = load_checkpoint(checkpoint)
     data = data or "fashion-mnist"
-    _, test, info = data_loaders(TrainConfig.from_dict(data=data, data_dir=data_dir, batch_size=batch_size))
+    _, test, info = data_loaders(TrainConfig.from_dict(data=data, data_dir=data_dir, batch_size=batch_size,
+                                                       workers=workers))
     if (model.in_chans, model.img_size, model.num_classes) != (info["in_chans"], info["img_size"], info["num_classes"]):
         raise ConfigError(f"checkpoint model {meta.get('model')} expects [B,{model.in_chans},{model.img_size},"
                          f"{model.img_size}] with {model.num_classes} classes; {data} has [B,{info['in_chans']},"
                          f"{info['img_size']},{info['img_size']}] with {info['num_classes']} classes")
+    model = model.to(device)
     ctx = contextlib.nullcontext()
     if int8:
         model, ctx = int8_inference(model), torch.autocast("cpu", dtype=torch.bfloat16)

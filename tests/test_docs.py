@@ -38,8 +38,9 @@ def _lines(body: str) -> list[str]:
 
 def commands(text: str) -> list[str]:
     """Every `spikeformers ...` / `python -m spikeformers ...` invocation, fenced or inline."""
-    found = [ln for _, body, _ in blocks(text) for ln in _lines(body)]
-    found += re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    found = [ln for lang, body, _ in blocks(text) if lang != "python" for ln in _lines(body)]
+    found += [c for c in re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+              if not c.startswith(("from ", "import "))]
     out = []
     for snippet in found:
         snippet = snippet.split(" #")[0]

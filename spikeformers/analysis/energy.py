@@ -516,7 +516,7 @@ class EnergyRecorder:
     def _on_op(self, func, args, kwargs, out) -> None:
         if func is aten.convolution.default:
             x, w = args[0], args[1]
-            transposed, groups = bool(args[6]), int(args[8])
+            transposed = bool(args[6])
             if transposed:
                 flops = x.numel() * (w.shape[1]) * math.prod(w.shape[2:])
             else:

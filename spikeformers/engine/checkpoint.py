@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
 from ..models import create_model, list_models, model_entry
+from ..models.weights import load_weights
 
 __all__ = ["CheckpointError", "atomic_write", "save_checkpoint", "read_checkpoint", "load_checkpoint",
            "load_weights", "save_train_state", "load_train_state"]
@@ -72,26 +73,6 @@ def read_checkpoint(path: Path | str) -> tuple[dict, dict]:
                                   "cannot tell which model it holds")
         raw = sidecar.read_text()
     return state, json.loads(raw)
-
-
-def load_weights(model: torch.nn.Module, state: dict, source: str = "checkpoint") -> None:
-    """Copy ``state`` into ``model`` after checking every key and shape; errors name them."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or bad:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-        if bad:
-            parts.append("shape mismatches " + ", ".join(
-                f"{k}: {tuple(state[k].shape)} vs expected {tuple(own[k].shape)}" for k in bad[:8]))
-        raise CheckpointError(f"{source} does not fit model {getattr(model, 'model_name', type(model).__name__)}: "
-                              + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
 
 
 def load_checkpoint(path: Path | str, expect_model: str | None = None, **overrides) -> tuple[torch.nn.Module, dict]:

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, ConfigError, UnsupportedError
+from .weights import load_weights
 
 __all__ = ["FORMAT", "SHIPPED_DIR", "PretrainedFolder", "shipped", "resolve", "read_pretrained",
            "save_pretrained", "model_card", "push_to_hub"]
@@ -138,25 +139,9 @@ def read_pretrained(source, name: str | None = None) -> PretrainedFolder:
 def load_state(model: torch.nn.Module, folder: PretrainedFolder) -> None:
     """Copy ``folder``'s weights into ``model`` (cast to the model's dtypes), with every missing,
     unexpected and mis-shaped key named."""
-    own = model.state_dict()
-    state = folder.state
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    bad = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or bad:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:6]}{' ...' if len(missing) > 6 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}")
-        if bad:
-            parts.append("shape mismatches " + ", ".join(
-                f"{k}: {tuple(state[k].shape)} vs expected {tuple(own[k].shape)}" for k in bad[:6]))
-        raise CheckpointError(f"pretrained weights in {folder.path} do not fit model {folder.name} built with "
-                              f"these arguments: " + "; ".join(parts))
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+    load_weights(model, folder.state, source=f"pretrained weights in {folder.path}")
 
 
-# ------------------------------------------------------------------------------------------ writing
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
     try:
@@ -287,7 +272,7 @@ def model_card(config: dict) -> str:
         where = ", ".join(str(x) for x in (acc.get("split") and f"{acc['split']} set",
                                            acc.get("images") and f"{acc['images']:,} images" if isinstance(acc.get("images"), int) else acc.get("images"),
                                            acc.get("note")) if x)
-        lines.append(f"- **Accuracy**: " + (f"{top1:.2f} % top-1" if isinstance(top1, (int, float)) else "not stated")
+        lines.append("- **Accuracy**: " + (f"{top1:.2f} % top-1" if isinstance(top1, (int, float)) else "not stated")
                      + (f" ({where})" if where else ""))
     else:
         lines.append("- **Accuracy**: " + (f"{acc:.2f} % top-1" if isinstance(acc, (int, float)) else "not stated"))
