@@ -99,9 +99,7 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    # 7 epochs of the default a2os2a_fmnist: >= 90 % on Fashion-MNIST within 15 min on 2 cores, also in
-    # float32 on an AVX2-only CPU (docs/results.md)
-    epochs: int = _opt(7, "epochs")
+    epochs: int = _opt(10, "epochs")
     warmup_epochs: float = _opt(0.25, "linear warm-up length in epochs")
     warmup_lr: float = _opt(0.0, "learning rate the warm-up starts from")
     min_lr: float = _opt(1e-5, "learning rate at the end of the cosine")
