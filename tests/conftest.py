@@ -18,3 +18,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def fake_fmnist(tmp_path_factory):
+    """A Fashion-MNIST folder of random images in the real IDX files (the real sizes), for runs that
+    must not depend on the dataset being installed."""
+    from test_data import _fake_dataset
+    d = tmp_path_factory.mktemp("fmnist")
+    _fake_dataset(d, compress=False)
+    return d

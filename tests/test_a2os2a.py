@@ -328,15 +328,7 @@ def test_parse_attention_spec():
     assert run_folder('statten:w="a b"') == "statten_w=_a_b_"
 
 
-@pytest.fixture(scope="module")
-def small_fmnist(tmp_path_factory):
-    from test_data import _fake_dataset
-    d = tmp_path_factory.mktemp("fmnist_a2os2a")
-    _fake_dataset(d, compress=False)
-    return d
-
-
-def test_compare_three_readings(small_fmnist, tmp_path, monkeypatch):
+def test_compare_three_readings(fake_fmnist, tmp_path, monkeypatch):
     from spikeformers.cli import main
     from spikeformers.data import fashion_mnist as fm
     real_load = fm.load_fashion_mnist
@@ -344,7 +336,7 @@ def test_compare_three_readings(small_fmnist, tmp_path, monkeypatch):
     out = tmp_path / "cmp"
     D = 16
     args = ["compare", "--attentions", "a2os2a,a2os2a:proj=none,a2os2a:proj=conv_bn", "--backbone", "a2os2a_fmnist",
-            "--data-dir", str(small_fmnist), "--max-steps", "1", "--batch-size", "32", "--T", "1",
+            "--data-dir", str(fake_fmnist), "--max-steps", "1", "--batch-size", "32", "--T", "1",
             "--model-kwargs", json.dumps({"embed_dim": D, "num_heads": 2}), "--recalibrate-bn", "32",
             "--attn-kwargs", json.dumps({"a2os2a": {"order": "qk_v"}}),
             "--energy-images", "16", "--speed-images", "16", "--threads", "1", "--out", str(out)]

@@ -342,14 +342,6 @@ def test_halting_propagates_over_time():
 # ---------------------------------------------------------------------------------------------
 # spikeformers compare
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def fake_fmnist(tmp_path_factory):
-    from test_data import _fake_dataset
-    d = tmp_path_factory.mktemp("fmnist_cmp")
-    _fake_dataset(d, compress=False)
-    return d
-
-
 def test_compare_tiny_run(fake_fmnist, tmp_path, monkeypatch):
     from spikeformers.cli import main
     from spikeformers.data import fashion_mnist as fm

@@ -1,6 +1,5 @@
 """Augmentations checked against independent facts."""
 
-import math
 
 import pytest
 import torch

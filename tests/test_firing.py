@@ -127,15 +127,6 @@ def test_plot_writes_bars_and_time_steps(tmp_path):
         FiringRateMonitor(net).plot(tmp_path / "empty.png")
 
 
-@pytest.fixture(scope="module")
-def fake_fmnist(tmp_path_factory):
-    """A Fashion-MNIST folder of random images (the real file sizes)."""
-    from test_data import _fake_dataset
-    d = tmp_path_factory.mktemp("fmnist")
-    _fake_dataset(d, compress=False)
-    return d
-
-
 @pytest.fixture
 def small_fmnist(fake_fmnist, monkeypatch):
     """``fake_fmnist`` read as 128 training and 96 test images (a run takes a second or two)."""

@@ -15,16 +15,8 @@ from spikeformers.engine.config import TrainConfig
 from spikeformers.engine.trainer import fit
 from spikeformers.errors import TrainingError
 
-from test_data import _fake_dataset
 
 TINY = {"embed_dim": 16, "num_heads": 2, "depth": 1}
-
-
-@pytest.fixture(scope="module")
-def fake_fmnist(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fmnist")
-    _fake_dataset(d, compress=False)
-    return d
 
 
 def test_checkpoint_roundtrip_and_sidecar(tmp_path):
@@ -129,7 +121,6 @@ def test_fit_smoke_and_resume(fake_fmnist, tmp_path, monkeypatch):
 
 
 def test_init_from_starts_from_the_checkpoint_weights(fake_fmnist, tmp_path, monkeypatch):
-    import spikeformers.engine.trainer as tr
     real_load = fm.load_fashion_mnist
     monkeypatch.setattr(fm, "load_fashion_mnist", lambda s, d=None: tuple(t[:128] for t in real_load(s, d)))
     torch.manual_seed(123)  # weights no seed_everything(0) model has
@@ -166,7 +157,6 @@ def test_nan_loss_is_reported(fake_fmnist, tmp_path, monkeypatch):
 
 
 def test_cli_models_train_eval(fake_fmnist, tmp_path, monkeypatch):
-    import spikeformers.engine.trainer as tr
     real_load = fm.load_fashion_mnist
     monkeypatch.setattr(fm, "load_fashion_mnist", lambda s, d=None: tuple(t[:128] for t in real_load(s, d)))
     r = CliRunner().invoke(main, ["models", "a2os2a_*"])
@@ -285,7 +275,6 @@ def test_ema_run_keeps_ema_weights_and_resumes(fake_fmnist, tmp_path, monkeypatc
 
 
 def test_cli_train_ema_flag(fake_fmnist, tmp_path, monkeypatch):
-    import spikeformers.engine.trainer as tr
     real_load = fm.load_fashion_mnist
     monkeypatch.setattr(fm, "load_fashion_mnist", lambda s, d=None: tuple(t[:128] for t in real_load(s, d)))
     out = tmp_path / "cli_ema"
@@ -317,7 +306,6 @@ def test_cli_train_resumed_reports_the_time_over_all_processes(fake_fmnist, tmp_
 
 
 def test_ema_raw_every_tests_the_trained_weights_on_those_epochs_and_the_last(fake_fmnist, tmp_path, monkeypatch):
-    import spikeformers.engine.trainer as tr
     real_load = fm.load_fashion_mnist
     monkeypatch.setattr(fm, "load_fashion_mnist", lambda s, d=None: tuple(t[:128] for t in real_load(s, d)))
     out = tmp_path / "every"
