@@ -20,7 +20,7 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def fake_fmnist(tmp_path_factory):
     """A Fashion-MNIST folder of random images in the real IDX files (the real sizes), for runs that
     must not depend on the dataset being installed."""

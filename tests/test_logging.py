@@ -15,7 +15,7 @@ from spikeformers.engine.config import TrainConfig
 from spikeformers.engine.trainer import Trainer, fit
 from spikeformers.errors import ConfigError, InputError, UnsupportedError
 
-from test_firing import fake_fmnist, small_fmnist  # noqa: F401  (fixtures)
+from test_firing import small_fmnist  # noqa: F401  (fixture)
 
 TINY = {"embed_dim": 16, "num_heads": 2, "depth": 1}
 needs_tb = pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None,
