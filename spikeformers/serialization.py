@@ -1,4 +1,8 @@
-"""Reading ``torch.save`` files without running code from them.
+"""Files written atomically, and ``torch.save`` files read without running code from them.
+
+:func:`atomic_write` is how every file spikeformers writes (checkpoints, training state, pretrained
+folders, exported models, cached event frames) reaches the disk: written to a temporary file in the
+same folder, flushed, then moved onto its name, so a killed process never leaves half a file.
 
 A ``.pth`` / ``.pt`` file is a pickle, and a pickle can hold instructions to run arbitrary code on
 load. Every file spikeformers reads this way (official checkpoints, ``--resume`` state) is loaded with
@@ -10,14 +14,39 @@ weights). Anything else is refused with a :class:`~spikeformers.errors.Checkpoin
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
 import re
+import tempfile
+from pathlib import Path
 
 import torch
 
 from .errors import CheckpointError
 
-__all__ = ["safe_load"]
+__all__ = ["atomic_write", "safe_load"]
+
+
+def atomic_write(path, write) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, give it the usual
+    permissions of a new file (``mkstemp`` makes it 0600) and move it onto ``path``; on any error the
+    temporary file is removed and ``path`` is left as it was. Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
 
 
 def safe_load(path, what: str = "checkpoint"):

@@ -32,8 +32,6 @@ the step that failed and the exporter's reason.
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +41,7 @@ from torch import nn
 
 from .. import kernels
 from ..errors import ConfigError, UnsupportedError
+from ..serialization import atomic_write
 
 __all__ = ["FORMATS", "ExportResult", "export", "example_input"]
 
@@ -117,21 +116,6 @@ def _inference(model: nn.Module):
         log.setLevel(level)
 
 
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)        # mkstemp's 0600 -> the usual permissions of a new file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _capture(model: nn.Module, x: torch.Tensor, name: str):
     """``torch.export`` of the model with a dynamic batch axis."""
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
@@ -185,10 +169,10 @@ def export(model: nn.Module, path, format: str = "onnx", *, frames: bool = False
                 raise UnsupportedError(f"cannot export {name} to ONNX: the graph was captured but not translated "
                                        + (f"(operators: {', '.join(ops)}) " if ops else "")
                                        + f"({_first_line(e)}); --format pt2 may still work") from e
-            _atomic(path, lambda tmp: prog.save(tmp))
+            atomic_write(path, lambda tmp: prog.save(tmp))
         else:
             ep = _capture(model, x, name)
-            _atomic(path, lambda tmp: torch.export.save(ep, tmp))
+            atomic_write(path, lambda tmp: torch.export.save(ep, tmp))
         shape = ["batch", *x.shape[1:]]
         if not check:
             return ExportResult(path, format, shape, None, None)

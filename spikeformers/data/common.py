@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ..errors import DatasetNotFoundError
+from ..serialization import atomic_write
 
 __all__ = ["DatasetInfo", "DatasetNotFoundError", "atomic_savez", "natural_key"]
 
@@ -40,19 +39,13 @@ class DatasetInfo:
 
 
 def atomic_savez(path: str | os.PathLike, compressed: bool = True, **arrays: np.ndarray) -> None:
-    """Write ``arrays`` to ``path`` (.npz) so that a reader never sees a half-written file:
-    write to a temporary file in the same folder, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """Write ``arrays`` to ``path`` (.npz) so that a reader never sees a half-written file
+    (:func:`~spikeformers.serialization.atomic_write`)."""
+    def write(tmp):
+        with open(tmp, "wb") as f:       # a file object: np.savez would append ".npz" to a name
             (np.savez_compressed if compressed else np.savez)(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def natural_key(s: str):

@@ -5,8 +5,6 @@ and the training state for ``--resume``. Every file is written atomically (temp 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -16,27 +14,12 @@ from safetensors.torch import load_file, save_file
 from ..errors import CheckpointError
 from ..models import create_model, list_models, model_entry
 from ..models.weights import load_weights
+from ..serialization import atomic_write
 
 __all__ = ["CheckpointError", "atomic_write", "save_checkpoint", "read_checkpoint", "load_checkpoint",
            "load_weights", "save_train_state", "load_train_state"]
 
 META_KEY = "spikeformers"
-
-
-def atomic_write(path: Path | str, write) -> None:
-    """Call ``write(tmp_path)`` then atomically move the temp file onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, ConfigError, UnsupportedError
+from ..serialization import atomic_write
 from .weights import load_weights
 
 __all__ = ["FORMAT", "SHIPPED_DIR", "PretrainedFolder", "shipped", "resolve", "read_pretrained",
@@ -142,20 +143,6 @@ def load_state(model: torch.nn.Module, folder: PretrainedFolder) -> None:
     load_weights(model, folder.state, source=f"pretrained weights in {folder.path}")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)                 # mkstemp's 0600 would keep the folder from other users
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _dtype_name(dtype) -> str | None:
     if dtype is None:
         return None
@@ -202,9 +189,10 @@ def save_pretrained(model: torch.nn.Module, folder, dtype=None, card: dict | Non
               "spikeformers_version": _version(), "card": _jsonable(facts)}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / WEIGHTS, st_save(tensors, metadata={"format": "pt", "spikeformers": FORMAT}))
-    _atomic_write(folder / CONFIG, (json.dumps(config, indent=2) + "\n").encode())
-    _atomic_write(folder / CARD, model_card(config).encode())
+    weights = st_save(tensors, metadata={"format": "pt", "spikeformers": FORMAT})
+    atomic_write(folder / WEIGHTS, lambda tmp: Path(tmp).write_bytes(weights))
+    atomic_write(folder / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write(folder / CARD, lambda tmp: Path(tmp).write_text(model_card(config)))
     return folder
 
 
